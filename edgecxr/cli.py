@@ -1,0 +1,414 @@
+"""The ``edgecxr`` command line (typer).
+
+Commands import their heavy modules lazily: ``edgecxr bench`` on a board never
+imports torch.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .errors import EdgeCXRError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    help="edgecxr: train, prune and quantize a MobileNetV2 chest X-ray pneumonia classifier, "
+         "export it per board (LiteRT, OpenVINO, ONNX Runtime/TensorRT), and measure what each "
+         "board costs and loses.",
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(no_args_is_help=True, help="Inspect datasets and record train/validation splits.")
+app.add_typer(data_app, name="data")
+
+
+def err(msg: str) -> None:
+    typer.echo(f"edgecxr: error: {msg}", err=True)
+
+
+def info(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+# ---------------------------------------------------------------- data
+@data_app.command("check")
+def data_check(
+    source: Annotated[Path, typer.Argument(help="ROOT folder with NORMAL/ and PNEUMONIA/, or a MedMNIST .npz")],
+    strict: Annotated[bool, typer.Option(help="Stop at the first bad file instead of skipping it")] = False,
+):
+    """Scan a dataset and report class counts and every skipped file.
+
+    Example: edgecxr data check ../shared/data/kermany224/train
+    """
+    from .data import scan
+    from .progress import bar
+
+    with bar(0, "scanning") as _:
+        ds = scan(source, strict)
+    _report_dataset(ds)
+
+
+def _report_dataset(ds) -> None:
+    c = ds.counts()
+    typer.echo(f"{len(ds.items)} images: " + ", ".join(f"{k} {v}" for k, v in c.items()))
+    for n in ds.notes:
+        typer.echo(f"note: {n}")
+    for s in ds.skipped:
+        typer.echo(f"skipped {s.path}: {s.reason}")
+    if ds.skipped:
+        typer.echo(f"{len(ds.skipped)} file(s) skipped")
+
+
+@data_app.command("split")
+def data_split(
+    source: Annotated[Path, typer.Argument(help="ROOT folder with NORMAL/ and PNEUMONIA/, or a MedMNIST .npz")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Split manifest to write (JSON)")],
+    seed: Annotated[int, typer.Option(help="Random seed")] = 0,
+    val_fraction: Annotated[float, typer.Option(help="Fraction of each class for validation")] = 0.2,
+    strict: Annotated[bool, typer.Option(help="Stop at the first bad file instead of skipping it")] = False,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing manifest")] = False,
+):
+    """Record a seeded, stratified, patient-grouped train/validation split.
+
+    Example: edgecxr data split ../shared/data/kermany224/train --out splits/kermany224.json --seed 0
+    """
+    from .data import make_split
+
+    if out.exists() and not force:
+        raise EdgeCXRError("split manifest exists (every later step reads it); use --force to replace it", out)
+    from .progress import bar
+
+    with bar(0, "reading images") as _:
+        sm = make_split(source, val_fraction, seed, strict)
+    sm.save(out)
+    d = sm.to_dict()
+    typer.echo(f"wrote {out}: train {d['counts']['train']}, val {d['counts']['val']}, "
+               f"grouped by patient: {sm.grouped_by_patient}")
+    for s in sm.skipped:
+        typer.echo(f"skipped {s.path}: {s.reason}")
+    for n in sm.notes:
+        typer.echo(f"note: {n}")
+    if sm.skipped:
+        typer.echo(f"{len(sm.skipped)} file(s) skipped")
+
+
+# ---------------------------------------------------------------- train
+@app.command()
+def train(
+    split: Annotated[Path, typer.Option(help="Split manifest from `edgecxr data split`")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder")],
+    size: Annotated[int, typer.Option(help="Input size in pixels")] = 224,
+    width: Annotated[float, typer.Option(help="MobileNetV2 width multiplier")] = 1.0,
+    init: Annotated[str, typer.Option(help="imagenet | none | PATH to a state dict or checkpoint")] = "none",
+    freeze_blocks: Annotated[int, typer.Option(help="Freeze the first K feature blocks")] = 0,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs")] = 30,
+    batch_size: Annotated[int, typer.Option(help="Batch size")] = 32,
+    lr: Annotated[float, typer.Option(help="Adam learning rate")] = 1e-3,
+    weight_decay: Annotated[float, typer.Option(help="Adam weight decay")] = 1e-5,
+    patience: Annotated[int, typer.Option(help="Early stopping patience (epochs without val-loss improvement)")] = 5,
+    rotation: Annotated[float, typer.Option(help="Random rotation range in degrees")] = 10.0,
+    hflip: Annotated[bool, typer.Option(help="Random horizontal flips")] = True,
+    class_weighting: Annotated[bool, typer.Option(help="Weight the loss by inverse class frequency")] = True,
+    seed: Annotated[int, typer.Option(help="Random seed")] = 0,
+    threads: Annotated[int, typer.Option(help="Torch threads (0 = all cores)")] = 0,
+    max_train: Annotated[int, typer.Option(help="Cap on training images, stratified (0 = all)")] = 0,
+    max_val: Annotated[int, typer.Option(help="Cap on validation images, stratified (0 = all)")] = 0,
+    threshold: Annotated[str, typer.Option(help="Operating threshold rule on validation: youden | sens=0.95")] = "youden",
+    resume: Annotated[bool, typer.Option(help="Resume an interrupted run from its last.pt")] = False,
+):
+    """Train MobileNetV2 (Adam, cosine annealing, early stopping, rotations and flips).
+
+    Example: edgecxr train --split splits/kermany224.json --out runs/mnv2 --epochs 30
+
+    Quick check: edgecxr train --split splits/mini.json --out runs/tiny --size 64 --width 0.35 --epochs 2
+    """
+    from .train import TrainConfig, Trainer
+
+    cfg = TrainConfig(split=str(split), out=str(out), size=size, width_mult=width, init=init,
+                      freeze_blocks=freeze_blocks, epochs=epochs, batch_size=batch_size, lr=lr,
+                      weight_decay=weight_decay, patience=patience, rotation=rotation, hflip=hflip,
+                      class_weighting=class_weighting, seed=seed, threads=threads,
+                      max_train=max_train, max_val=max_val, threshold_rule=threshold)
+    res = Trainer(cfg, log=info).run(resume=resume)
+    typer.echo(f"best checkpoint: {out / 'best.pt'} (epoch {res['best_epoch']}, "
+               f"val AUC {res['metrics']['auc']:.4f}, accuracy {res['metrics']['accuracy']:.4f})")
+
+
+# ---------------------------------------------------------------- evaluate
+@app.command()
+def evaluate(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (best.pt)")],
+    split: Annotated[Optional[Path], typer.Option(help="Split manifest: evaluate on its validation part")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="Labelled folder or .npz to evaluate on")] = None,
+    threshold: Annotated[Optional[str], typer.Option(help="Re-choose the threshold: youden | sens=0.95 (default: the saved one)")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Write the metrics as JSON here")] = None,
+):
+    """Clinical metrics: AUC with 95% DeLong CI, accuracy, sensitivity, specificity, PPV, NPV.
+
+    Example: edgecxr evaluate runs/mnv2/best.pt --split splits/kermany224.json
+    """
+    from .evaluate import evaluate as run_eval
+    from .train import format_metrics
+
+    res = run_eval(checkpoint, split, data, threshold, out, log=info)
+    typer.echo(format_metrics(res["metrics"], res["data"]))
+    typer.echo(f"threshold: {res['threshold_rule']}")
+
+
+# ---------------------------------------------------------------- targets / calibrate / export
+@app.command()
+def targets():
+    """List the board profiles in targets/*.toml.
+
+    Example: edgecxr targets
+    """
+    from .targets import all_targets
+
+    ts = all_targets()
+    typer.echo(f"{'target':<18} {'aliases':<18} {'backend':<12} {'precision':<9} {'threads':>7}  description")
+    for t in ts.values():
+        typer.echo(f"{t.name:<18} {','.join(t.aliases) or '-':<18} {t.backend:<12} {t.precision:<9} {t.threads:>7}  {t.description}")
+
+
+@app.command()
+def calibrate(
+    split: Annotated[Path, typer.Option(help="Split manifest; images are drawn from its training part only")],
+    name: Annotated[str, typer.Option(help="Name of the set: calibration/<name>/")] = "default",
+    n: Annotated[int, typer.Option(help="Number of images (stratified)")] = 256,
+    seed: Annotated[int, typer.Option(help="Random seed")] = 0,
+    out_dir: Annotated[Path, typer.Option(help="Parent folder")] = Path("calibration"),
+    force: Annotated[bool, typer.Option(help="Replace an existing set")] = False,
+):
+    """Pick a seeded, stratified int8 calibration set from the training split and copy it in.
+
+    Example: edgecxr calibrate --split splits/kermany224.json --name kermany224 --n 256
+    """
+    from .calibrate import make_calibration_set
+
+    path = make_calibration_set(split, out_dir, name, n, seed, force)
+    typer.echo(f"wrote calibration set {path}")
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="Trained checkpoint (best.pt)")],
+    target: Annotated[str, typer.Option("--target", "-t", help="Board profile or alias: rpi, rpi5, nuc, jetson (see `edgecxr targets`)")],
+    precision: Annotated[Optional[str], typer.Option(help="int8 | fp32 | both (default: the profile's)")] = None,
+    split: Annotated[Optional[Path], typer.Option(help="Split manifest: check on its validation part")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="Labelled folder to check on instead of a split")] = None,
+    calibration: Annotated[Path, typer.Option(help="Calibration set folder (int8)")] = Path("calibration/default"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Parent folder for bundles")] = Path("dist"),
+    force: Annotated[bool, typer.Option(help="Replace an existing bundle")] = False,
+):
+    """Export a checkpoint to a board's runtime as a self-describing bundle (+ one .tar to copy).
+
+    The new artifact is run in its own runtime on the evaluation images and compared with the float
+    PyTorch model before the bundle is written.
+
+    Examples:
+      edgecxr export runs/mnv2/best.pt --target rpi --split splits/kermany224.json
+      edgecxr export models/mnv2-pruned.pt --target nuc --precision both --data data/eval
+    """
+    from .export import export_bundle, load_eval_set
+    from .model import read_checkpoint
+    from .preprocess import PreprocessConfig
+    from .targets import get_target
+
+    tgt = get_target(target)
+    precs = ["int8", "fp32"] if precision == "both" else [precision or tgt.precision]
+    ev = None
+    if split is not None or data is not None:
+        pp = PreprocessConfig.from_dict(read_checkpoint(checkpoint)["preprocess"])
+        ev = load_eval_set(pp, split, data)
+    for p in precs:
+        s = export_bundle(checkpoint, tgt, p, out, split, data, calibration, force, log=info, eval_set=ev)
+        _print_export(s)
+
+
+def _print_export(s: dict) -> None:
+    typer.echo(f"{s['bundle']}  ({s['backend']}, {s['precision']}, {s['model_bytes'] / 1e6:.2f} MB, "
+               f"{s['export_seconds']:.0f}s)  archive: {s['archive']}")
+    typer.echo(f"  n={s['n']}  AUC float {s['auc_float']:.4f}  AUC bundle {s['auc_artifact']:.4f}  "
+               f"drop {s['auc_drop']:+.4f}  agreement {s['label_agreement']:.4f}  "
+               f"|dp| mean {s['mean_abs_prob_diff']:.4f} max {s['max_abs_prob_diff']:.4f}")
+
+
+# ---------------------------------------------------------------- bench / report / gate
+@app.command()
+def bench(
+    bundles: Annotated[Optional[list[Path]], typer.Argument(help="Bundle folders")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="Labelled images (folder or .npz); default: the bundle's reference set")] = None,
+    device: Annotated[Optional[str], typer.Option(help="Device name for the results file (default: from the CPU)")] = None,
+    results: Annotated[Path, typer.Option(help="Results folder")] = Path("benchmarks/results"),
+    warmup: Annotated[int, typer.Option(help="Warm-up iterations")] = 10,
+    iterations: Annotated[int, typer.Option(help="Timed iterations (minimum when --time is set)")] = 100,
+    time_budget: Annotated[float, typer.Option("--time", help="Time budget in seconds for the timed loop (0 = fixed iterations)")] = 0.0,
+    batch: Annotated[int, typer.Option(help="Batch size for the latency loop")] = 1,
+    extra_batch: Annotated[int, typer.Option(help="Also time this larger batch (throughput)")] = 0,
+    threads: Annotated[Optional[int], typer.Option(help="Threads (default: the profile's, capped at the cores here)")] = None,
+    max_images: Annotated[int, typer.Option(help="Use at most this many evaluation images (0 = all)")] = 0,
+    ov_precision: Annotated[Optional[str], typer.Option(help="OpenVINO inference precision hint: f32 | bf16 | f16")] = None,
+    torch_checkpoint: Annotated[Optional[Path], typer.Option("--torch", help="Also bench this checkpoint in PyTorch fp32 (host only)")] = None,
+    baseline: Annotated[Optional[str], typer.Option(help="Also time an untrained heavy baseline: densenet121 (host only)")] = None,
+    no_store: Annotated[bool, typer.Option(help="Print only; do not append to the results file")] = False,
+):
+    """Benchmark bundles on this board: size, latency (p50/p90/p99), cold start, memory, AUC and
+    the AUC drop against the float model on the identical images. Appends one record per bundle
+    to benchmarks/results/<device>.jsonl.
+
+    Examples:
+      edgecxr bench dist/rpi4-int8 dist/rpi4-fp32
+      edgecxr bench dist/nuc-int8 --data data/eval --time 10 --extra-batch 8
+    """
+    from .bench import BenchConfig, run, store, subject_from_bundle
+
+    opts = {}
+    if ov_precision:
+        opts["inference_precision"] = ov_precision
+    subjects = [subject_from_bundle(b) for b in bundles or []]  # verify all before running any
+    if torch_checkpoint is not None:
+        from .backends.torchref import subject_from_checkpoint
+
+        subjects.append(subject_from_checkpoint(torch_checkpoint))
+    if baseline:
+        from .backends.torchref import subject_baseline
+
+        size = subjects[0].preprocess.size if subjects else 224
+        subjects.append(subject_baseline(baseline, size))
+    if not subjects:
+        raise EdgeCXRError("nothing to bench: give bundle folders (or --torch / --baseline)")
+    typer.echo(f"{'bundle':<28} {'size MB':>8} {'p50 ms':>8} {'p90 ms':>8} {'img/s':>7} {'AUC':>7} {'drop':>8} {'agree':>6}  runtime")
+    for s in subjects:
+        cfg = BenchConfig(warmup=warmup, iterations=iterations, time_budget_s=time_budget, batch=batch,
+                          extra_batch=extra_batch, threads=threads, max_images=max_images,
+                          accuracy=not s.name.startswith("baseline-"), options=opts)
+        rec = run(s, data, cfg, device, log=info)
+        path = None if no_store else store(rec, results)
+        _print_bench(rec, path)
+
+
+def _print_bench(rec: dict, path) -> None:
+    s, lat = rec["subject"], rec["latency_ms"]
+    acc, vf = rec.get("accuracy") or {}, rec.get("vs_float") or {}
+    auc = f"{acc['auc']:.4f}" if acc.get("auc") is not None else "-"
+    drop = f"{vf['auc_drop']:+.4f}" if vf.get("auc_drop") is not None else "-"
+    agree = f"{vf['label_agreement']:.3f}" if vf.get("label_agreement") is not None else "-"
+    rt = rec["runtime"]
+    typer.echo(f"{s['name']:<28} {s['model_bytes'] / 1e6:>8.2f} {lat['p50']:>8.2f} {lat['p90']:>8.2f} "
+               f"{lat['throughput_ips']:>7.1f} {auc:>7} {drop:>8} {agree:>6}  {rt['runtime']} {rt['runtime_version']} "
+               f"({rt['device']}, {rt['precision']}, {rec['config']['threads']} threads)"
+               + (f" -> {path}" if path else ""))
+    for n in rt.get("notes") or []:
+        typer.echo(f"  note: {n}")
+
+
+@app.command()
+def report(
+    results: Annotated[Path, typer.Option(help="Results folder")] = Path("benchmarks/results"),
+    out: Annotated[Path, typer.Option(help="Markdown report to write")] = Path("benchmarks/RESULTS.md"),
+):
+    """Write benchmarks/RESULTS.md (one table per device) and PNG plots from the results files.
+
+    Example: edgecxr report
+    """
+    from .report import report as run_report
+
+    p = run_report(results, out)
+    typer.echo(f"wrote {p}")
+
+
+@app.command()
+def gate(
+    bundles: Annotated[list[Path], typer.Argument(help="Bundle folders (usually the int8 ones)")],
+    data: Annotated[Optional[Path], typer.Option(help="Labelled images; default: each bundle's reference set")] = None,
+    max_auc_drop: Annotated[float, typer.Option(help="Largest acceptable AUC drop against the float model")] = 0.005,
+    min_agreement: Annotated[float, typer.Option(help="Smallest acceptable label agreement at the threshold")] = 0.98,
+    summary: Annotated[Optional[Path], typer.Option(help="Markdown summary file (default: $GITHUB_STEP_SUMMARY if set)")] = None,
+):
+    """Fail (exit 1) when quantization costs more than allowed against the float model.
+
+    Example: edgecxr gate dist/rpi4-int8 dist/nuc-int8 dist/jetson-orin-nano-int8 --max-auc-drop 0.005
+    """
+    from .gate import gate as run_gate
+
+    run_gate(bundles, data, max_auc_drop, min_agreement, summary, log=typer.echo)
+
+
+@app.command()
+def verify(bundle: Annotated[Path, typer.Argument(help="Bundle folder")]):
+    """Check a bundle's manifest and the sha256 of every file.
+
+    Example: edgecxr verify dist/rpi4-int8
+    """
+    from .bundle import verify as run_verify
+
+    b = run_verify(bundle)
+    typer.echo(f"{bundle}: OK ({b.manifest['target']}, {b.manifest['backend']}, {b.manifest['precision']}, "
+               f"{len(b.manifest['files'])} file(s) verified)")
+
+
+@app.command()
+def unpack(
+    archive: Annotated[Path, typer.Argument(help="Bundle archive (.tar)")],
+    dest: Annotated[Path, typer.Option(help="Folder to install bundles into")] = Path("bundles"),
+    force: Annotated[bool, typer.Option(help="Replace an installed bundle of the same name")] = False,
+):
+    """Unpack and verify a bundle archive on the board (nothing is installed unless it verifies).
+
+    Example: edgecxr unpack rpi4-int8.tar --dest ~/bundles
+    """
+    from .bundle import unpack as run_unpack
+
+    b = run_unpack(archive, dest, force)
+    typer.echo(f"installed {b.path}")
+
+
+@app.command()
+def predict(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder")],
+    images: Annotated[list[Path], typer.Argument(help="X-ray files (JPEG, PNG, DICOM)")],
+    threads: Annotated[Optional[int], typer.Option(help="Threads")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON lines")] = False,
+):
+    """Classify X-rays with a bundle: probability of pneumonia and the call at the bundle's threshold.
+
+    Example: edgecxr predict dist/rpi4-int8 scan1.dcm scan2.jpeg
+    """
+    from .predict import predict as run_predict
+
+    rows = run_predict(bundle, images, threads)
+    import json as _json
+
+    for r in rows:
+        if json_out:
+            typer.echo(_json.dumps(r))
+        elif r.get("error"):
+            typer.echo(f"{r['file']}: error: {r['error']}")
+        else:
+            typer.echo(f"{r['file']}: {r['label']}  p(pneumonia)={r['prob']:.4f}  threshold {r['threshold']:.4f}")
+    if any(r.get("error") for r in rows):
+        raise typer.Exit(2)
+
+
+def main() -> None:
+    try:
+        app()
+    except SystemExit as e:
+        if e.code == 130:  # typer turns Ctrl-C into exit 130 without a word
+            err("interrupted; finished results are kept, nothing half-written was saved")
+        raise
+    except EdgeCXRError as e:
+        err(str(e))
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        err("interrupted; finished results are kept, nothing half-written was saved")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+"""``edgecxr export``: checkpoint -> self-describing bundle for one board (host side).
+
+1. Load the checkpoint, the target profile and the evaluation images
+   (validation part of the split, or a labelled folder).
+2. Float reference: run the PyTorch model on them (numpy preprocessing).
+3. Convert with the target's converter (int8: calibrated on the calibration
+   set, which must not overlap the evaluation images).
+4. Load the new artifact in its own runtime (the device-side backend), run it
+   on the same images and compare with the float model.
+5. Write manifest.json, verify the bundle, then move it into place and pack
+   one archive.  Nothing is written under the final name until all of this
+   passed; an existing bundle is replaced only with ``force``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import LABELS, __version__
+from ..bundle import KIND, SCHEMA, file_table, pack, verify, write_manifest
+from ..errors import BundleError, DataError, EdgeCXRError
+from ..fsutil import atomic_dir
+from ..metrics import binary_metrics, delong_paired, roc_auc, softmax_pos, summarize
+from ..preprocess import PreprocessConfig, preprocess_grey
+from ..targets import Target, get_target
+
+CONVERTERS = {
+    "litert": "edgecxr.export.litert",
+    "openvino": "edgecxr.export.openvino",
+    "onnxruntime": "edgecxr.export.onnx",
+}
+
+
+@dataclass
+class EvalSet:
+    source: str
+    shas: list[str]
+    labels: np.ndarray
+    paths: list[str]
+    x: np.ndarray  # N x C x H x W preprocessed
+    hint: dict[str, str | None] | None = None  # where a board finds these images again
+
+
+def load_eval_set(pp: PreprocessConfig, split: str | Path | None, data: str | Path | None) -> EvalSet:
+    from ..data import SplitManifest, load_eval_set as load_folder
+
+    if split is not None:
+        sm = SplitManifest.read(split)
+        items = sm.subset("val")
+        greys = [sm.load(it) for it in items]
+        source = f"validation split of {split}"
+    elif data is not None:
+        items, greys, _ = load_folder(data)
+        source = str(data)
+    else:
+        raise EdgeCXRError("no evaluation images: pass --split (its validation part) or --data DIR")
+    if not items:
+        raise DataError("no evaluation images", split or data)
+    x = np.stack([preprocess_grey(g, pp) for g in greys]).astype(np.float32)
+    return EvalSet(source, [it.sha256 for it in items], np.array([it.label for it in items]),
+                   [it.path for it in items], x,
+                   {"split": str(split) if split is not None else None, "data": str(data) if data is not None else None})
+
+
+def float_logits(model, x: np.ndarray, bs: int = 32) -> np.ndarray:
+    import torch
+
+    with torch.inference_mode():
+        return np.concatenate([model(torch.from_numpy(x[i:i + bs])).float().numpy()
+                               for i in range(0, len(x), bs)])
+
+
+def run_backend(backend, x: np.ndarray, bs: int = 32) -> np.ndarray:
+    return np.concatenate([backend.infer(x[i:i + bs]) for i in range(0, len(x), bs)])
+
+
+def compare(y: np.ndarray, p_float: np.ndarray, p_art: np.ndarray, thr: float) -> dict[str, Any]:
+    a_f, a_a = roc_auc(y, p_float), roc_auc(y, p_art)
+    paired = delong_paired(y, p_float, p_art)
+    agree = float(np.mean((p_float >= thr) == (p_art >= thr)))
+    diff = np.abs(p_float - p_art)
+    return {"n": int(len(y)), "auc_float": a_f, "auc_artifact": a_a, "auc_drop": a_f - a_a,
+            "delong_p": paired.p_value, "label_agreement": agree, "mean_abs_prob_diff": float(diff.mean()),
+            "max_abs_prob_diff": float(diff.max()),
+            "accuracy_float": binary_metrics(y, p_float, thr).accuracy,
+            "accuracy_artifact": binary_metrics(y, p_art, thr).accuracy}
+
+
+def export_bundle(checkpoint: str | Path, target: str | Target, precision: str | None = None,
+                  out_root: str | Path = "dist", split: str | Path | None = None, data: str | Path | None = None,
+                  calibration: str | Path | None = "calibration/default", force: bool = False,
+                  name: str | None = None, log=print, archive: bool = True,
+                  eval_set: EvalSet | None = None) -> dict[str, Any]:
+    from ..model import load_checkpoint
+
+    t0 = time.time()
+    tgt = target if isinstance(target, Target) else get_target(target)
+    precision = precision or tgt.precision
+    if precision not in ("fp32", "int8"):
+        raise EdgeCXRError(f"unknown precision {precision!r} (fp32 or int8)")
+    if precision not in tgt.precisions:
+        raise EdgeCXRError(f"target {tgt.name} does not offer {precision} (offers {', '.join(tgt.precisions)})")
+    if tgt.backend not in CONVERTERS:
+        raise EdgeCXRError(f"no converter for backend {tgt.backend!r}")
+    bundle_name = name or f"{tgt.name}-{precision}"
+    final = Path(out_root) / bundle_name
+    if final.exists() and not force:
+        raise EdgeCXRError("bundle exists; use --force to replace it", final)
+
+    model, meta = load_checkpoint(checkpoint)
+    pp = PreprocessConfig.from_dict(meta["preprocess"])
+    thr = meta.get("threshold")
+    if thr is None:
+        raise EdgeCXRError("checkpoint has no operating threshold (train it to the end, or evaluate it with "
+                           "--threshold youden first)", checkpoint)
+    if pp.size != tgt.input_size:
+        log(f"note: model input is {pp.size}px; profile {tgt.name} suggests {tgt.input_size}px (using {pp.size})")
+    if eval_set is None:
+        if split is None and data is None:
+            split = (meta.get("train") or {}).get("split")
+            if not split or not Path(split).exists():
+                raise EdgeCXRError("no evaluation images: pass --split or --data (the checkpoint's split is not here)")
+        eval_set = load_eval_set(pp, split, data)
+    ev = eval_set
+    log(f"float reference: PyTorch on {len(ev.labels)} images ({ev.source})")
+    p_float = softmax_pos(float_logits(model, ev.x))
+    float_metrics = summarize(ev.labels, p_float, thr)
+
+    calib_info = None
+    calib_x = None
+    if precision == "int8":
+        from ..calibrate import load_calibration_set
+
+        if calibration is None:
+            raise EdgeCXRError("int8 export needs a calibration set (--calibration DIR)")
+        cs = load_calibration_set(calibration, forbid_sha256=set(ev.shas))
+        calib_x = [preprocess_grey(g, pp) for g in cs.greys]
+        calib_info = cs.summary()
+        log(f"calibration: {len(calib_x)} images from {calibration} (sha256 {cs.sha256[:12]})")
+
+    conv = importlib.import_module(CONVERTERS[tgt.backend])
+    with atomic_dir(final, force=True) as tmp:
+        t_conv = time.time()
+        log(f"converting for {tgt.name} ({tgt.backend}, {precision})")
+        try:
+            res = conv.convert(model, pp.size, pp.channels, calib_x, precision, tmp)
+        except EdgeCXRError:
+            raise
+        except Exception as e:
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else e.__class__.__name__
+            raise EdgeCXRError(f"{tgt.backend} converter failed ({e.__class__.__name__}: {first})", checkpoint) from None
+        convert_s = time.time() - t_conv
+        for f in tmp.iterdir():
+            if f.name not in res.files:
+                f.unlink()
+        manifest: dict[str, Any] = {
+            "schema": SCHEMA, "kind": KIND, "name": bundle_name,
+            "target": tgt.name, "backend": tgt.backend, "precision": precision,
+            "target_profile": tgt.to_dict(),
+            "model_file": res.model_file,
+            "input": res.input.to_dict(), "output": {**res.output.to_dict(), "kind": "logits"},
+            "preprocess": pp.to_dict(), "labels": list(LABELS), "positive_label": LABELS[1],
+            "threshold": float(thr), "threshold_rule": meta.get("threshold_rule", "youden"),
+            "source": {"checkpoint": str(checkpoint), "checkpoint_sha256": meta["sha256"], "arch": meta.get("arch")},
+            "calibration": calib_info,
+            "versions": {"edgecxr": __version__, **res.converter, **_torch_versions()},
+            "conversion": res.details,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "files": file_table(tmp, res.files),
+        }
+        write_manifest(tmp, manifest)
+        # Load the artifact in its own runtime and run it on the evaluation images.
+        from ..backends import open_backend
+
+        try:
+            b = verify(tmp)
+            backend = open_backend(b)
+            logits = run_backend(backend, ev.x)
+        except BundleError as e:
+            raise BundleError(f"exported artifact does not load or run: {e.message}", final) from None
+        except Exception as e:
+            raise BundleError(f"exported artifact does not run ({e.__class__.__name__}: {e})", final) from None
+        p_art = softmax_pos(logits)
+        if not np.all(np.isfinite(p_art)):
+            raise BundleError("exported artifact produced non-finite outputs", final)
+        check = compare(ev.labels, p_float, p_art, float(thr))
+        check["runtime"] = backend.info().to_dict()
+        manifest["export_check"] = check
+        manifest["reference"] = {
+            "source": ev.source, "data": ev.hint, "n": int(len(ev.labels)), "model": "PyTorch fp32 (source checkpoint)",
+            "float_metrics": float_metrics,
+            "images": {s: {"label": int(lab), "prob": float(p), "path": pth}
+                       for s, lab, p, pth in zip(ev.shas, ev.labels, p_float, ev.paths)},
+        }
+        manifest["export_seconds"] = {"convert": round(convert_s, 2), "total": round(time.time() - t0, 2)}
+        write_manifest(tmp, manifest)
+        verify(tmp)
+    arch_path = pack(final) if archive else None
+    summary = {"bundle": str(final), "archive": str(arch_path) if arch_path else None, "target": tgt.name,
+               "backend": tgt.backend, "precision": precision,
+               "model_bytes": sum(f["bytes"] for f in manifest["files"].values()),
+               "export_seconds": round(time.time() - t0, 2), **check}
+    return summary
+
+
+def _torch_versions() -> dict[str, str]:
+    import torch
+
+    return {"torch": torch.__version__}

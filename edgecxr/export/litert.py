@@ -1,0 +1,91 @@
+"""PyTorch -> LiteRT (.tflite) with litert-torch, no TensorFlow.
+
+fp32: NHWC float input.  int8: PT2E post-training quantisation with
+litert-torch's quantizer (per-channel symmetric int8 weights, int8
+activations calibrated on the calibration set), int8 input and output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..bundle import IOSpec
+from .base import Converted
+
+
+@contextlib.contextmanager
+def _quiet():
+    """litert-torch and absl print a lot; keep the user's terminal readable."""
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    old = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+            yield
+    finally:
+        if old is None:
+            os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
+        else:
+            os.environ["TF_CPP_MIN_LOG_LEVEL"] = old
+
+
+def convert(model: torch.nn.Module, size: int, channels: int, calib: list[np.ndarray] | None,
+            precision: str, out_dir: Path) -> Converted:
+    import litert_torch
+
+    model = model.eval()
+    nchw = (torch.zeros(1, channels, size, size),)
+    nhwc_model = litert_torch.to_channel_last_io(model, args=[0]).eval()
+    sample = (torch.zeros(1, size, size, channels),)
+    with _quiet():
+        if precision == "fp32":
+            edge = litert_torch.convert(nhwc_model, sample)
+            details = {"quantization": None}
+        else:
+            from litert_torch.quantize import pt2e_quantizer
+            from litert_torch.quantize.quant_config import QuantConfig
+            from torchao.quantization.pt2e import quantize_pt2e
+
+            quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
+                pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
+            exported = torch.export.export(nhwc_model, sample).module()
+            prepared = quantize_pt2e.prepare_pt2e(exported, quantizer)
+            with torch.no_grad():
+                for x in calib or []:
+                    prepared(torch.from_numpy(np.ascontiguousarray(np.transpose(x[None], (0, 2, 3, 1)))))
+            converted = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
+            edge = litert_torch.convert(converted, sample, quant_config=QuantConfig(pt2e_quantizer=quantizer))
+            details = {"quantization": "PT2E static: int8 per-channel symmetric weights, int8 per-tensor "
+                                       "activations (histogram observer), int8 input/output",
+                       "calibration_images": len(calib or [])}
+        edge.export(str(out_dir / "model.tflite"))
+    del nchw
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(out_dir / "model.tflite"))
+    i, o = it.get_input_details()[0], it.get_output_details()[0]
+
+    def spec(d, layout):
+        dt = np.dtype(d["dtype"]).name
+        scale, zp = d["quantization"]
+        q = dt in ("int8", "uint8")
+        return IOSpec(d["name"], [int(v) for v in d["shape"]], layout, dt,
+                      float(scale) if q else None, int(zp) if q else None)
+
+    ops: dict[str, int] = {}
+    for op in it._get_ops_details():
+        ops[op["op_name"]] = ops.get(op["op_name"], 0) + 1
+    details["ops"] = ops
+    import ai_edge_litert
+
+    return Converted("model.tflite", ["model.tflite"], spec(i, "NHWC"), spec(o, "NC"),
+                     {"litert-torch": litert_torch.__version__,
+                      "ai-edge-litert": getattr(ai_edge_litert, "__version__", "unknown")}, details)

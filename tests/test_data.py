@@ -1,0 +1,115 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from edgecxr.data import SplitManifest, make_split, patient_id, scan
+from edgecxr.errors import DataError, ImageReadError
+
+from .conftest import MINI, NPZ, SHARED, assert_clean_error, run_cli
+
+
+def test_patient_ids():
+    assert patient_id("person1000_bacteria_2931.jpeg") == "person1000"
+    assert patient_id("IM-0115-0001.jpeg") == "im-0115"
+    assert patient_id("NORMAL2-IM-1427-0001.jpeg") == "normal2-im-1427"
+    assert patient_id("IM-0629-0001-0002.jpeg") == "im-0629"
+    assert patient_id("scan.png") is None
+
+
+def test_split_is_seeded_stratified_grouped(tmp_path):
+    a = make_split(MINI, 0.25, seed=3)
+    b = make_split(MINI, 0.25, seed=3)
+    c = make_split(MINI, 0.25, seed=4)
+    assert [(i.path, i.split) for i in a.items] == [(i.path, i.split) for i in b.items]
+    assert [(i.path, i.split) for i in a.items] != [(i.path, i.split) for i in c.items]
+    for lab in (0, 1):
+        n = sum(1 for i in a.items if i.label == lab)
+        nv = sum(1 for i in a.items if i.label == lab and i.split == "val")
+        assert abs(nv - 0.25 * n) <= 3
+    tr = {i.patient for i in a.items if i.split == "train"}
+    va = {i.patient for i in a.items if i.split == "val"}
+    assert not tr & va
+    a.save(tmp_path / "s.json")
+    a.save(tmp_path / "s2.json")
+    assert (tmp_path / "s.json").read_bytes() == (tmp_path / "s2.json").read_bytes()
+    back = SplitManifest.read(tmp_path / "s.json")
+    assert len(back.subset("val")) == len(a.subset("val")) and back.items[0].sha256 == a.items[0].sha256
+    assert back.load(back.items[0]).ndim == 2
+
+
+@pytest.mark.skipif(not (SHARED / "kermany224" / "train").exists(), reason="../shared/data not here")
+def test_patient_grouping_on_the_full_train_split():
+    """The committed split of the whole Kermany train set keeps each patient on one side."""
+    from pathlib import Path
+
+    sm = SplitManifest.read(Path(__file__).resolve().parent.parent / "splits" / "kermany224.json")
+    tr = {i.patient for i in sm.items if i.split == "train"}
+    va = {i.patient for i in sm.items if i.split == "val"}
+    assert len(sm.items) == 5216 and not tr & va
+    frac = len(sm.subset("val")) / len(sm.items)
+    assert 0.18 < frac < 0.22
+
+
+def test_bad_inputs_skipped_or_strict(tmp_path):
+    root = tmp_path / "ds"
+    shutil.copytree(MINI, root)
+    (root / "NORMAL" / "notes.txt").write_text("hello")
+    (root / "PNEUMONIA" / "broken.jpeg").write_bytes(b"\xff\xd8\xff\xe0garbage")
+    good = next((root / "NORMAL").glob("*.jpeg"))
+    (root / "NORMAL" / "truncated.jpeg").write_bytes(good.read_bytes()[:500])
+    ds = scan(root)
+    reasons = {s.path: s.reason for s in ds.skipped}
+    assert set(reasons) == {"NORMAL/notes.txt", "PNEUMONIA/broken.jpeg", "NORMAL/truncated.jpeg"}
+    assert len(ds.items) == 64
+    with pytest.raises((ImageReadError, DataError)):
+        scan(root, strict=True)
+
+
+def test_single_class_and_missing_folder(tmp_path):
+    root = tmp_path / "one"
+    shutil.copytree(MINI / "NORMAL", root / "normal")  # case-insensitive class names
+    with pytest.raises(DataError, match="single-class"):
+        scan(root)
+    with pytest.raises(DataError, match="missing class folder"):
+        scan(root, strict=True)
+    (root / "PNEUMONIA").mkdir()
+    with pytest.raises(DataError, match="single-class"):
+        scan(root)
+    with pytest.raises(DataError, match="not found"):
+        scan(tmp_path / "nope")
+
+
+def test_npz(tmp_path):
+    ds = scan(NPZ)
+    z = np.load(NPZ)
+    assert len(ds.items) == len(z["train_labels"]) + len(z["val_labels"])
+    sm = make_split(NPZ, 0.2, 0)
+    img = sm.load(sm.items[0])
+    assert img.shape == (28, 28) and img.max() <= 1.0
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, foo=np.zeros(3))
+    with pytest.raises(DataError, match="MedMNIST"):
+        scan(bad)
+
+
+def test_cli_split_and_errors(tmp_path):
+    out = tmp_path / "s.json"
+    p = run_cli("data", "split", MINI, "--out", out, "--seed", "1")
+    assert p.returncode == 0, p.stderr
+    d = json.loads(out.read_text())
+    assert d["seed"] == 1 and d["grouped_by_patient"] and len(d["items"]) == 64
+    before = out.read_bytes()
+    p = run_cli("data", "split", MINI, "--out", out, "--seed", "2")
+    assert_clean_error(p, str(out), "--force")
+    assert out.read_bytes() == before  # an earlier result is never overwritten
+    assert_clean_error(run_cli("data", "split", tmp_path / "missing", "--out", tmp_path / "x.json"), "not found")
+    empty = tmp_path / "empty"
+    (empty / "NORMAL").mkdir(parents=True)
+    (empty / "PNEUMONIA").mkdir()
+    p = run_cli("data", "split", empty, "--out", tmp_path / "y.json")
+    assert_clean_error(p, "no readable images")
+    assert not (tmp_path / "y.json").exists()
+    p = run_cli("data", "split", empty, "--out", tmp_path / "y.json", "--strict")
+    assert_clean_error(p, "empty")

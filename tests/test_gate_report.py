@@ -1,0 +1,90 @@
+"""Gate and report on real results; the gate fails on a deliberately damaged model."""
+
+import json
+
+import numpy as np
+import pytest
+
+from edgecxr.bench import BenchConfig, run, store, subject_from_bundle
+from edgecxr.bundle import file_table, write_manifest
+
+from .conftest import MINI, assert_clean_error, run_cli
+
+
+def test_gate_passes_fp32_and_reports(bundles, tmp_path):
+    summary = tmp_path / "gate.md"
+    p = run_cli("gate", bundles["rpi-fp32"], bundles["nuc-fp32"], bundles["jetson-fp32"], "--data", MINI,
+                "--summary", summary)
+    assert p.returncode == 0, p.stdout + p.stderr
+    text = summary.read_text()
+    assert text.count("PASS") == 3 and "FAIL" not in text
+
+
+def test_gate_int8_with_limits(bundles, tmp_path):
+    ints = [bundles[f"{t}-int8"] for t in ("rpi", "nuc", "jetson")]
+    p = run_cli("gate", *ints, "--data", MINI, "--max-auc-drop", "0.05", "--min-agreement", "0.9")
+    assert p.returncode == 0, p.stdout + p.stderr
+    # impossible limits fail every int8 bundle, with a readable reason
+    p = run_cli("gate", *ints, "--data", MINI, "--max-auc-drop", "-1", "--summary", tmp_path / "g.md")
+    assert p.returncode == 1
+    assert (tmp_path / "g.md").read_text().count("FAIL") == 3
+
+
+def test_gate_fails_on_damaged_model(bundle_copy, tmp_path):
+    """An int8 artifact whose weights were damaged (as a broken converter would) must not pass,
+    even though its manifest checksums are consistent."""
+    import onnx
+    from onnx import numpy_helper
+
+    b = bundle_copy("jetson-int8")
+    m = onnx.load(str(b / "model.onnx"))
+    rng = np.random.default_rng(0)
+    for init in m.graph.initializer:
+        a = numpy_helper.to_array(init)
+        if a.dtype == np.int8 and a.ndim == 4:
+            init.CopyFrom(numpy_helper.from_array(rng.integers(-127, 128, a.shape).astype(np.int8), init.name))
+    onnx.save(m, str(b / "model.onnx"))
+    man = json.loads((b / "manifest.json").read_text())
+    man["files"] = file_table(b, list(man["files"]))
+    write_manifest(b, man)
+    summary = tmp_path / "gate.md"
+    p = run_cli("gate", b, "--data", MINI, "--summary", summary)
+    assert_clean_error(p, "gate failed")
+    assert p.returncode == 1
+    assert "FAIL" in summary.read_text() and "agreement" in summary.read_text()
+
+
+def test_report(bundles, tmp_path):
+    results = tmp_path / "results"
+    for k in ("rpi-int8", "rpi-fp32", "nuc-int8", "nuc-fp32"):
+        store(run(subject_from_bundle(bundles[k]), MINI, BenchConfig(iterations=5, warmup=1), device="box-a"), results)
+    store(run(subject_from_bundle(bundles["jetson-int8"]), MINI, BenchConfig(iterations=5, warmup=1), device="box-b"),
+          results)
+    out = tmp_path / "RESULTS.md"
+    p = run_cli("report", "--results", results, "--out", out)
+    assert p.returncode == 0, p.stderr
+    text = out.read_text()
+    assert "## box-a" in text and "## box-b" in text
+    for name in ("rpi4-int8", "rpi4-fp32", "nuc-int8", "nuc-fp32", "jetson-orin-nano-int8"):
+        assert f"| {name} |" in text
+    assert "int8/fp32 p50 latency" in text
+    pngs = sorted(p.name for p in (tmp_path / "plots").iterdir())
+    assert pngs == ["box-a-latency-size.png", "box-a-roc.png", "box-b-latency-size.png", "box-b-roc.png"]
+    assert all((tmp_path / "plots" / n).stat().st_size > 5000 for n in pngs)
+    assert_clean_error(run_cli("report", "--results", tmp_path / "none", "--out", tmp_path / "R.md"), "no benchmark")
+
+
+@pytest.mark.parametrize("cmd", ["data", "train", "evaluate", "targets", "calibrate", "export", "bench", "report",
+                                 "gate", "verify", "unpack", "predict"])
+def test_every_command_has_help(cmd):
+    p = run_cli(cmd, "--help")
+    assert p.returncode == 0 and "Usage" in p.stdout
+    if cmd not in ("data",):
+        assert "Example" in p.stdout
+
+
+def test_targets_listing():
+    p = run_cli("targets")
+    assert p.returncode == 0
+    for name in ("rpi4", "rpi5", "nuc", "jetson-orin-nano"):
+        assert name in p.stdout
