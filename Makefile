@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
 
-.PHONY: setup test demo pipeline lint clean
+.PHONY: setup test demo pipeline lint clean ci-gate
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,10 +23,18 @@ lint: setup
 	$(BIN)/ruff check edgecxr tests benchmarks
 
 demo: setup
-	$(BIN)/python scripts/demo.py
+	$(BIN)/edgecxr demo
 
 pipeline: setup
-	$(BIN)/python scripts/pipeline.py $(ARGS)
+	$(BIN)/edgecxr pipeline $(or $(DATA),../shared/data/kermany224/train) --quick --out runs/quick
 
 clean:
 	rm -rf dist runs .pytest_cache
+
+# CI: int8 bundles of the three targets from the shipped model, gated against fp32 on the shipped images.
+CI_MODEL ?= $(firstword $(wildcard models/mnv2-ref-pruned*.pt) models/mnv2-ref.pt)
+ci-gate: setup
+	$(BIN)/edgecxr export $(CI_MODEL) --target rpi,nuc,jetson --precision int8 \
+		--data data/kermany224-val --calibration calibration/kermany224 --out dist/ci --force
+	$(BIN)/edgecxr gate dist/ci/rpi4-int8 dist/ci/nuc-int8 dist/ci/jetson-orin-nano-int8 \
+		--summary dist/ci/gate-summary.md

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -143,10 +143,10 @@ def train(
 @app.command()
 def evaluate(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (best.pt)")],
-    split: Annotated[Optional[Path], typer.Option(help="Split manifest: evaluate on its validation part")] = None,
-    data: Annotated[Optional[Path], typer.Option(help="Labelled folder or .npz to evaluate on")] = None,
-    threshold: Annotated[Optional[str], typer.Option(help="Re-choose the threshold: youden | sens=0.95 (default: the saved one)")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Write the metrics as JSON here")] = None,
+    split: Annotated[Path | None, typer.Option(help="Split manifest: evaluate on its validation part")] = None,
+    data: Annotated[Path | None, typer.Option(help="Labelled folder or .npz to evaluate on")] = None,
+    threshold: Annotated[str | None, typer.Option(help="Re-choose the threshold: youden | sens=0.95 (default: the saved one)")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the metrics as JSON here")] = None,
 ):
     """Clinical metrics: AUC with 95% DeLong CI, accuracy, sensitivity, specificity, PPV, NPV.
 
@@ -197,10 +197,10 @@ def calibrate(
 @app.command()
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="Trained checkpoint (best.pt)")],
-    target: Annotated[str, typer.Option("--target", "-t", help="Board profile or alias: rpi, rpi5, nuc, jetson (see `edgecxr targets`)")],
-    precision: Annotated[Optional[str], typer.Option(help="int8 | fp32 | both (default: the profile's)")] = None,
-    split: Annotated[Optional[Path], typer.Option(help="Split manifest: check on its validation part")] = None,
-    data: Annotated[Optional[Path], typer.Option(help="Labelled folder to check on instead of a split")] = None,
+    target: Annotated[str, typer.Option("--target", "-t", help="Board profile or alias: rpi, rpi5, nuc, jetson (see `edgecxr targets`); several: rpi,nuc,jetson")],
+    precision: Annotated[str | None, typer.Option(help="int8 | fp32 | both (default: the profile's)")] = None,
+    split: Annotated[Path | None, typer.Option(help="Split manifest: check on its validation part")] = None,
+    data: Annotated[Path | None, typer.Option(help="Labelled folder to check on instead of a split")] = None,
     calibration: Annotated[Path, typer.Option(help="Calibration set folder (int8)")] = Path("calibration/default"),
     out: Annotated[Path, typer.Option("--out", "-o", help="Parent folder for bundles")] = Path("dist"),
     force: Annotated[bool, typer.Option(help="Replace an existing bundle")] = False,
@@ -212,22 +212,23 @@ def export(
 
     Examples:
       edgecxr export runs/mnv2/best.pt --target rpi --split splits/kermany224.json
-      edgecxr export models/mnv2-pruned.pt --target nuc --precision both --data data/eval
+      edgecxr export models/mnv2-ref.pt --target rpi,nuc,jetson --precision both --data data/kermany224-val
     """
     from .export import export_bundle, load_eval_set
     from .model import read_checkpoint
     from .preprocess import PreprocessConfig
     from .targets import get_target
 
-    tgt = get_target(target)
-    precs = ["int8", "fp32"] if precision == "both" else [precision or tgt.precision]
+    tgts = [get_target(t) for t in target.split(",") if t.strip()]
     ev = None
     if split is not None or data is not None:
         pp = PreprocessConfig.from_dict(read_checkpoint(checkpoint)["preprocess"])
         ev = load_eval_set(pp, split, data)
-    for p in precs:
-        s = export_bundle(checkpoint, tgt, p, out, split, data, calibration, force, log=info, eval_set=ev)
-        _print_export(s)
+    for tgt in tgts:
+        precs = ["int8", "fp32"] if precision == "both" else [precision or tgt.precision]
+        for p in precs:
+            s = export_bundle(checkpoint, tgt, p, out, split, data, calibration, force, log=info, eval_set=ev)
+            _print_export(s)
 
 
 def _print_export(s: dict) -> None:
@@ -241,20 +242,20 @@ def _print_export(s: dict) -> None:
 # ---------------------------------------------------------------- bench / report / gate
 @app.command()
 def bench(
-    bundles: Annotated[Optional[list[Path]], typer.Argument(help="Bundle folders")] = None,
-    data: Annotated[Optional[Path], typer.Option(help="Labelled images (folder or .npz); default: the bundle's reference set")] = None,
-    device: Annotated[Optional[str], typer.Option(help="Device name for the results file (default: from the CPU)")] = None,
+    bundles: Annotated[list[Path] | None, typer.Argument(help="Bundle folders")] = None,
+    data: Annotated[Path | None, typer.Option(help="Labelled images (folder or .npz); default: the bundle's reference set")] = None,
+    device: Annotated[str | None, typer.Option(help="Device name for the results file (default: from the CPU)")] = None,
     results: Annotated[Path, typer.Option(help="Results folder")] = Path("benchmarks/results"),
     warmup: Annotated[int, typer.Option(help="Warm-up iterations")] = 10,
     iterations: Annotated[int, typer.Option(help="Timed iterations (minimum when --time is set)")] = 100,
     time_budget: Annotated[float, typer.Option("--time", help="Time budget in seconds for the timed loop (0 = fixed iterations)")] = 0.0,
     batch: Annotated[int, typer.Option(help="Batch size for the latency loop")] = 1,
     extra_batch: Annotated[int, typer.Option(help="Also time this larger batch (throughput)")] = 0,
-    threads: Annotated[Optional[int], typer.Option(help="Threads (default: the profile's, capped at the cores here)")] = None,
+    threads: Annotated[int | None, typer.Option(help="Threads (default: the profile's, capped at the cores here)")] = None,
     max_images: Annotated[int, typer.Option(help="Use at most this many evaluation images (0 = all)")] = 0,
-    ov_precision: Annotated[Optional[str], typer.Option(help="OpenVINO inference precision hint: f32 | bf16 | f16")] = None,
-    torch_checkpoint: Annotated[Optional[Path], typer.Option("--torch", help="Also bench this checkpoint in PyTorch fp32 (host only)")] = None,
-    baseline: Annotated[Optional[str], typer.Option(help="Also time an untrained heavy baseline: densenet121 (host only)")] = None,
+    ov_precision: Annotated[str | None, typer.Option(help="OpenVINO inference precision hint: f32 | bf16 | f16")] = None,
+    torch_checkpoint: Annotated[Path | None, typer.Option("--torch", help="Also bench this checkpoint in PyTorch fp32 (host only)")] = None,
+    baseline: Annotated[str | None, typer.Option(help="Also time an untrained heavy baseline: densenet121 (host only)")] = None,
     no_store: Annotated[bool, typer.Option(help="Print only; do not append to the results file")] = False,
 ):
     """Benchmark bundles on this board: size, latency (p50/p90/p99), cold start, memory, AUC and
@@ -325,10 +326,10 @@ def report(
 @app.command()
 def gate(
     bundles: Annotated[list[Path], typer.Argument(help="Bundle folders (usually the int8 ones)")],
-    data: Annotated[Optional[Path], typer.Option(help="Labelled images; default: each bundle's reference set")] = None,
+    data: Annotated[Path | None, typer.Option(help="Labelled images; default: each bundle's reference set")] = None,
     max_auc_drop: Annotated[float, typer.Option(help="Largest acceptable AUC drop against the float model")] = 0.005,
     min_agreement: Annotated[float, typer.Option(help="Smallest acceptable label agreement at the threshold")] = 0.98,
-    summary: Annotated[Optional[Path], typer.Option(help="Markdown summary file (default: $GITHUB_STEP_SUMMARY if set)")] = None,
+    summary: Annotated[Path | None, typer.Option(help="Markdown summary file (default: $GITHUB_STEP_SUMMARY if set)")] = None,
 ):
     """Fail (exit 1) when quantization costs more than allowed against the float model.
 
@@ -372,7 +373,7 @@ def unpack(
 def predict(
     bundle: Annotated[Path, typer.Argument(help="Bundle folder")],
     images: Annotated[list[Path], typer.Argument(help="X-ray files (JPEG, PNG, DICOM)")],
-    threads: Annotated[Optional[int], typer.Option(help="Threads")] = None,
+    threads: Annotated[int | None, typer.Option(help="Threads")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON lines")] = False,
 ):
     """Classify X-rays with a bundle: probability of pneumonia and the call at the bundle's threshold.
@@ -393,6 +394,42 @@ def predict(
             typer.echo(f"{r['file']}: {r['label']}  p(pneumonia)={r['prob']:.4f}  threshold {r['threshold']:.4f}")
     if any(r.get("error") for r in rows):
         raise typer.Exit(2)
+
+
+# ---------------------------------------------------------------- workflows
+@app.command()
+def demo(
+    device: Annotated[str | None, typer.Option(help="Device name for the results file")] = None,
+    iterations: Annotated[int, typer.Option(help="Timed iterations per bundle")] = 100,
+    baseline: Annotated[str, typer.Option(help="Heavy baseline to time beside ours ('' for none)")] = "densenet121",
+):
+    """The main job: export the shipped reference model to every target in int8 and fp32, bench
+    each on the shipped validation images, write benchmarks/RESULTS.md, run the gate, print one table.
+
+    Example: edgecxr demo
+    """
+    from .workflows import demo as run_demo
+
+    raise typer.Exit(run_demo(device=device, iterations=iterations, baseline=baseline or None, log=typer.echo))
+
+
+@app.command()
+def pipeline(
+    source: Annotated[Path, typer.Argument(help="ROOT with NORMAL/ and PNEUMONIA/ (or a MedMNIST .npz)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Working folder (steps already done are reused)")] = Path("runs/pipeline"),
+    quick: Annotated[bool, typer.Option(help="Tiny settings (64 px, width 0.35, 2 epochs): minutes on 2 cores")] = False,
+    size: Annotated[int, typer.Option(help="Input size")] = 224,
+    epochs: Annotated[int, typer.Option(help="Training epochs")] = 30,
+    prune_ratio: Annotated[float, typer.Option(help="Channel pruning ratio (0 = no pruning)")] = 0.5,
+    finetune_epochs: Annotated[int, typer.Option(help="Fine-tuning epochs after pruning")] = 3,
+):
+    """The full pipeline from raw images: split, calibration set, train, prune, export, bench, report, gate.
+
+    Example: edgecxr pipeline ../shared/data/kermany224/train --quick --out runs/quick
+    """
+    from .workflows import pipeline as run_pipeline
+
+    raise typer.Exit(run_pipeline(source, out, quick, size, epochs, prune_ratio, finetune_epochs, log=typer.echo))
 
 
 def main() -> None:

@@ -177,7 +177,7 @@ def load_init_weights(model: nn.Module, path: str | Path) -> list[str]:
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, batch_iter, threads: int | None = None) -> "torch.Tensor":
+def predict_logits(model: nn.Module, batch_iter, threads: int | None = None) -> torch.Tensor:
     model.eval()
     outs = [model(torch.from_numpy(b)) for b in batch_iter]
     return torch.cat(outs).float()

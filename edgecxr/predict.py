@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .backends import open_backend
 from .bundle import verify
 from .errors import ImageReadError

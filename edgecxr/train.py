@@ -32,8 +32,15 @@ from .data import Item, SplitManifest
 from .errors import EdgeCXRError
 from .fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
 from .metrics import choose_threshold, softmax_pos, summarize
-from .model import (build_mobilenet_v2, describe_arch, imagenet_mobilenet_v2, load_init_weights,
-                    read_checkpoint, save_checkpoint, build_from_arch)
+from .model import (
+    build_from_arch,
+    build_mobilenet_v2,
+    describe_arch,
+    imagenet_mobilenet_v2,
+    load_init_weights,
+    read_checkpoint,
+    save_checkpoint,
+)
 from .preprocess import PreprocessConfig, resize_grey
 
 
@@ -326,7 +333,7 @@ class Trainer:
         }
         atomic_write_json(out / "metrics.json", result)
         lines = ["sha256,path,label,prob"] + [f"{it.sha256},{it.path},{it.label},{p:.6f}"
-                                               for it, p in zip(val_items, prob)]
+                                               for it, p in zip(val_items, prob, strict=True)]
         atomic_write_text(out / "val_predictions.csv", "\n".join(lines) + "\n")
         try:
             from .plots import plot_history, plot_roc

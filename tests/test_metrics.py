@@ -3,8 +3,17 @@ import math
 import numpy as np
 import pytest
 
-from edgecxr.metrics import (auc_ci, binary_metrics, choose_threshold, delong_paired, parse_threshold_spec,
-                             roc_auc, roc_curve, softmax_pos, summarize)
+from edgecxr.metrics import (
+    auc_ci,
+    binary_metrics,
+    choose_threshold,
+    delong_paired,
+    parse_threshold_spec,
+    roc_auc,
+    roc_curve,
+    softmax_pos,
+    summarize,
+)
 
 
 def test_auc_hand_worked():

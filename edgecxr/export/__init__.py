@@ -46,10 +46,12 @@ class EvalSet:
     paths: list[str]
     x: np.ndarray  # N x C x H x W preprocessed
     hint: dict[str, str | None] | None = None  # where a board finds these images again
+    float_cache: dict[str, np.ndarray] | None = None  # checkpoint sha256 -> float probabilities
 
 
 def load_eval_set(pp: PreprocessConfig, split: str | Path | None, data: str | Path | None) -> EvalSet:
-    from ..data import SplitManifest, load_eval_set as load_folder
+    from ..data import SplitManifest
+    from ..data import load_eval_set as load_folder
 
     if split is not None:
         sm = SplitManifest.read(split)
@@ -130,7 +132,11 @@ def export_bundle(checkpoint: str | Path, target: str | Target, precision: str |
         eval_set = load_eval_set(pp, split, data)
     ev = eval_set
     log(f"float reference: PyTorch on {len(ev.labels)} images ({ev.source})")
-    p_float = softmax_pos(float_logits(model, ev.x))
+    cache = ev.float_cache if ev.float_cache is not None else {}
+    if meta["sha256"] not in cache:
+        cache[meta["sha256"]] = softmax_pos(float_logits(model, ev.x))
+    ev.float_cache = cache
+    p_float = cache[meta["sha256"]]
     float_metrics = summarize(ev.labels, p_float, thr)
 
     calib_info = None
@@ -197,7 +203,7 @@ def export_bundle(checkpoint: str | Path, target: str | Target, precision: str |
             "source": ev.source, "data": ev.hint, "n": int(len(ev.labels)), "model": "PyTorch fp32 (source checkpoint)",
             "float_metrics": float_metrics,
             "images": {s: {"label": int(lab), "prob": float(p), "path": pth}
-                       for s, lab, p, pth in zip(ev.shas, ev.labels, p_float, ev.paths)},
+                       for s, lab, p, pth in zip(ev.shas, ev.labels, p_float, ev.paths, strict=True)},
         }
         manifest["export_seconds"] = {"convert": round(convert_s, 2), "total": round(time.time() - t0, 2)}
         write_manifest(tmp, manifest)

@@ -35,8 +35,13 @@ def convert(model: torch.nn.Module, size: int, channels: int, calib: list[np.nda
     versions = {"torch.onnx": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__}
     details: dict = {"opset": 17}
     if precision == "int8":
-        from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
-                                              QuantType, quantize_static)
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
         pre = out_dir / ".pre.onnx"

@@ -1,0 +1,234 @@
+"""End-to-end workflows behind `edgecxr demo` and `edgecxr pipeline` (host side).
+
+``demo``: the shipped reference model(s) -> int8 and fp32 bundles for every target
+-> bench on the shipped evaluation images -> RESULTS.md -> gate -> one table.
+
+``pipeline``: raw images -> split -> calibration set -> train -> prune -> export ->
+bench -> report -> gate, with a ``quick`` setting that finishes in minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import EdgeCXRError, GateFailure
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGETS = ("rpi", "nuc", "jetson")
+
+
+@dataclass
+class Model:
+    tag: str  # bundle name prefix
+    checkpoint: Path
+    precisions: tuple[str, ...]
+
+
+def reference_models(models_dir: Path) -> list[Model]:
+    out = []
+    ref = models_dir / "mnv2-ref.pt"
+    pruned = sorted(models_dir.glob("mnv2-ref-pruned*.pt"))
+    if ref.exists():
+        out.append(Model("mnv2", ref, ("int8", "fp32")))
+    for p in pruned:
+        out.append(Model(p.stem.replace("mnv2-ref-", "mnv2-"), p, ("int8", "fp32")))
+    return out
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    hdr = f"{'bundle':<30} {'backend':<12} {'prec':<5} {'size MB':>8} {'p50 ms':>8} {'AUC':>7} {'drop':>8} {'agree':>6}  verdict"
+    lines = [hdr, "-" * len(hdr)]
+    for r in rows:
+        lines.append(f"{r['name']:<30} {r['backend']:<12} {r['precision']:<5} {r['size_mb']:>8.2f} "
+                     f"{r['p50']:>8.2f} {r['auc']:>7} {r['drop']:>8} {r['agree']:>6}  {r['verdict']}")
+    return "\n".join(lines)
+
+
+def _fmt(v, spec):
+    return "-" if v is None else format(v, spec)
+
+
+def bench_all(bundles: list[Path], eval_dir: Path | None, results: Path, device: str | None, extra: list | None,
+              iterations: int, log) -> list[dict[str, Any]]:
+    from .bench import BenchConfig, run, store, subject_from_bundle
+
+    recs = []
+    subjects = [subject_from_bundle(b) for b in bundles] + list(extra or [])
+    for s in subjects:
+        cfg = BenchConfig(warmup=10, iterations=iterations, accuracy=not s.name.startswith("baseline-"))
+        t = time.time()
+        rec = run(s, eval_dir, cfg, device, log=log)
+        store(rec, results)
+        lat = rec["latency_ms"]
+        log(f"  bench {s.name}: p50 {lat['p50']:.2f} ms ({time.time() - t:.0f}s)")
+        recs.append(rec)
+    return recs
+
+
+def summarize_rows(recs: list[dict[str, Any]], verdicts: dict[str, str]) -> list[dict[str, Any]]:
+    rows = []
+    for r in recs:
+        s, acc, vf = r["subject"], r.get("accuracy") or {}, r.get("vs_float") or {}
+        rows.append({"name": s["name"], "backend": s["backend"], "precision": s["precision"],
+                     "size_mb": s["model_bytes"] / 1e6, "p50": r["latency_ms"]["p50"],
+                     "auc": _fmt(acc.get("auc"), ".4f"), "drop": _fmt(vf.get("auc_drop"), "+.4f"),
+                     "agree": _fmt(vf.get("label_agreement"), ".3f"),
+                     "verdict": verdicts.get(s["name"], "-" if s["precision"] != "int8" else "?")})
+    return rows
+
+
+def demo(models_dir: Path = ROOT / "models", eval_dir: Path = ROOT / "data" / "kermany224-val",
+         calibration: Path = ROOT / "calibration" / "kermany224", dist: Path = ROOT / "dist",
+         results: Path = ROOT / "benchmarks" / "results", report_out: Path = ROOT / "benchmarks" / "RESULTS.md",
+         device: str | None = None, iterations: int = 100, baseline: str | None = "densenet121",
+         max_auc_drop: float = 0.005, min_agreement: float = 0.98, log=print) -> int:
+    from .backends.torchref import subject_baseline, subject_from_checkpoint
+    from .export import export_bundle, load_eval_set
+    from .gate import gate
+    from .model import read_checkpoint
+    from .preprocess import PreprocessConfig
+    from .report import report
+
+    t0 = time.time()
+    models = reference_models(models_dir)
+    if not models:
+        raise EdgeCXRError("no reference model (models/mnv2-ref.pt); train one with `edgecxr pipeline`", models_dir)
+    if not eval_dir.is_dir():
+        raise EdgeCXRError("evaluation images not found", eval_dir)
+    bundles: list[Path] = []
+    ev = None
+    for m in models:
+        pp = PreprocessConfig.from_dict(read_checkpoint(m.checkpoint)["preprocess"])
+        if ev is None or ev.x.shape[-1] != pp.size:
+            ev = load_eval_set(pp, None, eval_dir)
+        for t in TARGETS:
+            for prec in m.precisions:
+                t1 = time.time()
+                s = export_bundle(m.checkpoint, t, prec, dist, data=eval_dir, calibration=calibration, force=True,
+                                  name=f"{m.tag}-{_tname(t)}-{prec}", log=lambda *_: None, eval_set=ev)
+                log(f"  export {Path(s['bundle']).name}: {s['model_bytes'] / 1e6:.2f} MB, AUC drop "
+                    f"{s['auc_drop']:+.4f}, agreement {s['label_agreement']:.3f} ({time.time() - t1:.0f}s)")
+                bundles.append(Path(s["bundle"]))
+    extra = [subject_from_checkpoint(models[0].checkpoint)]
+    extra[0].name = f"{models[0].tag}-pytorch-fp32"
+    extra[0].data_hint = {"data": str(eval_dir)}
+    if baseline:
+        extra.append(subject_baseline(baseline, ev.x.shape[-1]))
+    recs = bench_all(bundles, eval_dir, results, device, extra, iterations, log)
+    out = report(results, report_out)
+    log(f"  report: {out}")
+    verdicts: dict[str, str] = {}
+    failed = None
+    int8 = [b for b in bundles if b.name.endswith("-int8")]
+    try:
+        rows = gate(int8, eval_dir, max_auc_drop, min_agreement,
+                    summary=ROOT / "benchmarks" / "gate-summary.md", log=lambda *_: None)
+    except GateFailure as e:
+        failed = e
+        from .gate import GateRow  # noqa: F401
+
+        rows = []
+        for line in (ROOT / "benchmarks" / "gate-summary.md").read_text().splitlines():
+            if line.startswith("| ") and "**" in line:
+                cells = [c.strip() for c in line.strip("|").split("|")]
+                verdicts[cells[0]] = cells[-1].replace("**", "")
+    for r in rows:
+        verdicts[r.bundle] = r.verdict
+    table = _table(summarize_rows(recs, verdicts))
+    log("")
+    log(table)
+    log(f"\nAUC on {len(ev.labels)} validation images ({eval_dir.relative_to(ROOT) if eval_dir.is_relative_to(ROOT) else eval_dir}); "
+        f"gate: AUC drop <= {max_auc_drop}, agreement >= {min_agreement}; total {time.time() - t0:.0f}s")
+    log(f"full results: {report_out}")
+    if failed:
+        log(f"edgecxr: error: {failed}")
+        return 1
+    return 0
+
+
+def _tname(t: str) -> str:
+    from .targets import get_target
+
+    return get_target(t).name
+
+
+def pipeline(source: Path, out: Path, quick: bool = False, size: int = 224, epochs: int = 30,
+             prune_ratio: float = 0.5, finetune_epochs: int = 3, device: str | None = None, log=print) -> int:
+    """Raw images to gated bundles, every step with the project's own commands."""
+    from .calibrate import make_calibration_set
+    from .data import make_split
+    from .export import export_bundle, load_eval_set
+    from .gate import gate
+    from .preprocess import PreprocessConfig
+    from .report import report
+    from .train import TrainConfig, Trainer
+
+    t0 = time.time()
+    out.mkdir(parents=True, exist_ok=True)
+    split = out / "split.json"
+    steps: dict[str, float] = {}
+    if not split.exists():
+        sm = make_split(source, 0.2, 0)
+        sm.save(split)
+    log(f"[1/7] split: {split}")
+    calib = out / "calibration" / "calib"
+    if not calib.exists():
+        make_calibration_set(split, out / "calibration", "calib", 64 if quick else 256, 0)
+    log(f"[2/7] calibration set: {calib}")
+    t = time.time()
+    tcfg = TrainConfig(split=str(split), out=str(out / "train"), size=64 if quick else size,
+                       width_mult=0.35 if quick else 1.0, epochs=2 if quick else epochs,
+                       max_train=600 if quick else 0, max_val=0, lr=3e-3 if quick else 1e-3)
+    if not (out / "train" / "metrics.json").exists():
+        Trainer(tcfg, log=log, show_progress=True).run(resume=(out / "train" / "last.pt").exists())
+    steps["train"] = time.time() - t
+    ckpt = out / "train" / "best.pt"
+    log(f"[3/7] trained: {ckpt}")
+    final = ckpt
+    try:
+        from .prune import prune_checkpoint
+    except ImportError:
+        prune_checkpoint = None
+    if prune_checkpoint is not None and prune_ratio > 0:
+        t = time.time()
+        pdir = out / "pruned"
+        if not (pdir / "best.pt").exists():
+            prune_checkpoint(ckpt, pdir, prune_ratio, finetune_epochs=1 if quick else finetune_epochs,
+                             split=split, log=log)
+        steps["prune"] = time.time() - t
+        final = pdir / "best.pt"
+        log(f"[4/7] pruned ({prune_ratio}): {final}")
+    from .model import read_checkpoint
+
+    pp = PreprocessConfig.from_dict(read_checkpoint(final)["preprocess"])
+    ev = load_eval_set(pp, split, None)
+    bundles = []
+    t = time.time()
+    for tg in TARGETS:
+        for prec in ("int8", "fp32"):
+            s = export_bundle(final, tg, prec, out / "dist", split=split, calibration=calib, force=True,
+                              log=lambda *_: None, eval_set=ev)
+            bundles.append(Path(s["bundle"]))
+            log(f"[5/7] exported {Path(s['bundle']).name}: {s['model_bytes'] / 1e6:.2f} MB, "
+                f"AUC drop {s['auc_drop']:+.4f}")
+    steps["export"] = time.time() - t
+    recs = bench_all(bundles, None, out / "results", device, [], 30 if quick else 100, log)
+    report(out / "results", out / "RESULTS.md")
+    log(f"[6/7] benchmarked; report {out / 'RESULTS.md'}")
+    verdicts = {}
+    rc = 0
+    try:
+        rows = gate([b for b in bundles if b.name.endswith("int8")], None, summary=out / "gate.md", log=lambda *_: None)
+        verdicts = {r.bundle: r.verdict for r in rows}
+    except GateFailure as e:
+        log(f"gate: {e}")
+        rc = 1
+    log(f"[7/7] gate: {'PASS' if rc == 0 else 'FAIL'} ({out / 'gate.md'})\n")
+    log(_table(summarize_rows(recs, verdicts)))
+    steps["total"] = time.time() - t0
+    (out / "pipeline.json").write_text(json.dumps({"source": str(source), "quick": quick, "seconds": steps}, indent=1))
+    return rc
