@@ -432,6 +432,13 @@ def pipeline(
     raise typer.Exit(run_pipeline(source, out, quick, size, epochs, prune_ratio, finetune_epochs, log=typer.echo))
 
 
+from .cli_link import register as _register_link  # noqa: E402
+from .cli_prune import register as _register_prune  # noqa: E402
+
+_register_prune(app)
+_register_link(app)
+
+
 def main() -> None:
     try:
         app()

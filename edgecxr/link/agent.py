@@ -3,7 +3,8 @@
 One session at a time, one request at a time.  Built-in ops:
 
 * ``ping``  -- ``{"pong": true, "time": ..., "echo": params.get("echo")}``
-* ``info``  -- device facts (platform, machine, python, cpu count, hostname, edgecxr version, ops)
+* ``info``  -- device facts (platform, machine, python, cpu count, hostname, edgecxr version, ops),
+  plus whatever ``info_extra()`` returns (the board service adds its device name and bundles)
 * ``list``  -- files in the store (``{"files": [{"name", "size", "mtime"}]}``), staging excluded
 * ``put``   -- a file transfer (``RemoteClient.push``): received into ``store/incoming`` via
   ``store/incoming/.partial``, sha256-verified, then handed to ``on_file_received(path, meta)``
@@ -13,7 +14,7 @@ One session at a time, one request at a time.  Built-in ops:
 
 Extra ops come from ``handlers``: ``{"bench": fn, "predict": fn}``, each
 ``fn(params: dict, progress: Callable[[dict], None]) -> dict | None``.  ``progress({...})``
-sends a PROGRESS message (rate-limited, never raises).  An exception in a handler or the
+sends a PROGRESS message (rate-limited, except a new ``stage`` or ``final``; never raises).  An exception in a handler or the
 hook becomes one ERROR line for the host; the agent keeps serving.
 """
 
@@ -86,7 +87,7 @@ class Agent:
                  handlers: dict[str, Handler] | None = None, *, on_file_received: FileHook | None = None,
                  config: LinkConfig | None = None, baud: int = 115200, exit_on_bye: bool = False,
                  progress_interval: float = 0.1, idle_timeout: float | None = 600.0,
-                 max_file_size: int | None = None):
+                 max_file_size: int | None = None, info_extra: Callable[[], dict[str, Any]] | None = None):
         self._own_port = isinstance(port, (str, os.PathLike))
         if self._own_port:
             from edgecxr.link import open_port
@@ -100,6 +101,7 @@ class Agent:
         for op, fn in (handlers or {}).items():
             self.register(op, fn)
         self.on_file_received = on_file_received
+        self.info_extra = info_extra
         self.exit_on_bye = exit_on_bye
         self.progress_interval = progress_interval
         self.idle_timeout = idle_timeout
@@ -228,8 +230,9 @@ class Agent:
         if op == "ping":
             return {"pong": True, "time": time.time(), "echo": params.get("echo")}
         if op == "info":
+            extra = self.info_extra() if self.info_extra is not None else {}
             return {**device_facts(), "protocol": self.transport.config.protocol_version,
-                    "store": str(self.store_dir), "ops": self.ops}
+                    "store": str(self.store_dir), "ops": self.ops, **(extra or {})}
         if op == "list":
             return {"files": self.list_files()}
         if op == "put":
@@ -246,13 +249,17 @@ class Agent:
 
     def _progress_callback(self, rid: Any, op: str) -> ProgressCallback:
         last = [0.0]
+        last_stage: list[Any] = [None]
 
         def progress(data: dict[str, Any] | None = None, **fields: Any) -> None:
             body = {**(data or {}), **fields}
             now = time.monotonic()
-            if now - last[0] < self.progress_interval and not body.get("final"):
+            stage = body.get("stage")
+            new_stage = stage is not None and stage != last_stage[0]
+            if now - last[0] < self.progress_interval and not body.get("final") and not new_stage:
                 return
             last[0] = now
+            last_stage[0] = stage
             try:
                 self.transport.send_json(FrameType.PROGRESS, {**_jsonable(body), "id": rid, "op": op})
             except Exception as exc:  # progress is best effort
