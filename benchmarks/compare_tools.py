@@ -64,9 +64,9 @@ def main() -> None:
         m = json.loads((b / "manifest.json").read_text())
         if m["backend"] == "openvino":
             shape = "[" + ",".join(str(v) for v in m["input"]["shape"]) + "]"
-            tool, fn = "benchmark_app", lambda: benchmark_app(b / m["model_file"], a.threads, a.iterations, shape)
+            tool, fn = "benchmark_app", lambda b=b, m=m, shape=shape: benchmark_app(b / m["model_file"], a.threads, a.iterations, shape)
         elif m["backend"] == "litert":
-            tool, fn = "litert-benchmark", lambda: litert_benchmark(b / m["model_file"], a.threads, a.iterations)
+            tool, fn = "litert-benchmark", lambda b=b, m=m: litert_benchmark(b / m["model_file"], a.threads, a.iterations)
         else:
             continue
         t_vals, o_vals = [], []

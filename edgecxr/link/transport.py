@@ -931,9 +931,9 @@ class PtyPort:
             left = None if end is None else end - time.monotonic()
             if left is not None and left <= 0:
                 raise TimeoutError(f"write to {self.name} timed out")
-            _, ready, _ = select.select([], [self.fd], [], left)
-            if not ready:
-                continue
+            # Some kernels never report a pty writable although os.write would succeed:
+            # wait briefly, then try the write anyway.
+            select.select([], [self.fd], [], 0.05 if left is None else max(0.0, min(left, 0.05)))
             try:
                 n = os.write(self.fd, view)
             except BlockingIOError:
