@@ -40,10 +40,10 @@ def reference_models(models_dir: Path) -> list[Model]:
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    hdr = f"{'bundle':<30} {'backend':<12} {'prec':<5} {'size MB':>8} {'p50 ms':>8} {'AUC':>7} {'drop':>8} {'agree':>6}  verdict"
+    hdr = f"{'bundle':<36} {'backend':<12} {'prec':<5} {'size MB':>8} {'p50 ms':>8} {'AUC':>7} {'drop':>8} {'agree':>6}  verdict"
     lines = [hdr, "-" * len(hdr)]
     for r in rows:
-        lines.append(f"{r['name']:<30} {r['backend']:<12} {r['precision']:<5} {r['size_mb']:>8.2f} "
+        lines.append(f"{r['name']:<36} {r['backend']:<12} {r['precision']:<5} {r['size_mb']:>8.2f} "
                      f"{r['p50']:>8.2f} {r['auc']:>7} {r['drop']:>8} {r['agree']:>6}  {r['verdict']}")
     return "\n".join(lines)
 
