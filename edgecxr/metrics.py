@@ -177,18 +177,26 @@ def choose_threshold(y, s, method: str = "youden", target_sensitivity: float | N
 
     ``youden``: maximise sensitivity + specificity - 1.
     ``sensitivity``: highest threshold whose sensitivity >= target.
+
+    The threshold returned lies halfway between the chosen ROC point's score and the next
+    lower distinct score, so it gives the same confusion matrix on these scores as the score
+    itself but does not sit exactly on one image: a threshold equal to an image's score flips
+    that image under any numerical noise (another runtime, batch size, or int8).
     """
     fpr, tpr, thr = roc_curve(y, s)
     if method == "youden":
         j = tpr - fpr
         k = int(np.argmax(j[1:])) + 1
-        return float(thr[k])
-    if method == "sensitivity":
+    elif method == "sensitivity":
         if target_sensitivity is None or not 0 < target_sensitivity <= 1:
             raise ValueError("target sensitivity must be in (0, 1]")
         ok = np.where(tpr[1:] >= target_sensitivity - 1e-12)[0]
-        return float(thr[ok[0] + 1])
-    raise ValueError(f"unknown threshold method {method!r} (youden or sensitivity)")
+        k = int(ok[0]) + 1
+    else:
+        raise ValueError(f"unknown threshold method {method!r} (youden or sensitivity)")
+    if k + 1 < len(thr):
+        return float((thr[k] + thr[k + 1]) / 2)
+    return float(thr[k])
 
 
 def parse_threshold_spec(spec: str) -> tuple[str, float | None]:

@@ -399,6 +399,9 @@ def prune_checkpoint(checkpoint: str | Path, out_dir: str | Path, ratio: float, 
             last_run = tmp / "finetune" / f"step{steps}"
             final_blob["train"] = _swap_prefix(final_blob.get("train") or {}, str(tmp), str(out_dir))
             final_blob["prune"] = prune_info
+            # the fine-tune's init file was a temporary copy of the pruned weights: name the real source
+            final_blob["init"] = {"init": "pruned", "from_checkpoint": str(checkpoint), "sha256": meta["sha256"],
+                                  "note": f"{ratio} channel pruning of the source, then fine-tuned"}
             final_blob["arch"] = arch
             buf = io.BytesIO()
             torch.save(final_blob, buf)

@@ -86,9 +86,17 @@ def test_thresholds_and_binary_metrics():
     y = np.array([0, 0, 0, 1, 1, 1])
     s = np.array([0.1, 0.2, 0.6, 0.4, 0.7, 0.9])
     t = choose_threshold(y, s, "youden")
-    assert t == pytest.approx(0.4) or t == pytest.approx(0.7)
+    # halfway to the next lower score, never on an image's own score
+    assert t == pytest.approx(0.3) or t == pytest.approx(0.65)
     t95 = choose_threshold(y, s, "sensitivity", 1.0)
-    assert t95 == pytest.approx(0.4)
+    assert t95 == pytest.approx(0.3)
+    cm = lambda bm: (bm.tp, bm.fn, bm.tn, bm.fp)  # noqa: E731
+    assert cm(binary_metrics(y, s, t95)) == cm(binary_metrics(y, s, 0.4))
+    # the chosen point survives a nudge of every score smaller than the gap to its neighbours
+    nudged = s + np.array([1e-6, -1e-6, 1e-6, -1e-6, 1e-6, -1e-6])
+    assert cm(binary_metrics(y, nudged, t)) == cm(binary_metrics(y, s, t))
+    # every image positive: nothing lower to meet, the lowest score is the threshold
+    assert choose_threshold(np.array([0, 1]), np.array([0.9, 0.1]), "sensitivity", 1.0) == pytest.approx(0.1)
     bm = binary_metrics(y, s, 0.4)
     assert (bm.tp, bm.fn, bm.tn, bm.fp) == (3, 0, 2, 1)
     assert bm.sensitivity == 1.0 and bm.specificity == pytest.approx(2 / 3)

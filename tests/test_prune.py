@@ -96,6 +96,8 @@ def test_pruned_checkpoint_loads_alone(pruned):
     assert arch["params"] == rec["after"]["params"] == sum(p.numel() for p in model.parameters())
     assert meta["threshold"] is not None and 0 < meta["threshold"] < 1
     assert meta["prune"]["source_sha256"] == rec["source_sha256"]
+    # provenance names the real source, not the fine-tune's temporary init file
+    assert meta["init"]["init"] == "pruned" and meta["init"]["sha256"] == rec["source_sha256"]
     with torch.no_grad():
         y = model(torch.randn(4, 3, 64, 64))
     assert y.shape == (4, 2) and torch.isfinite(y).all()

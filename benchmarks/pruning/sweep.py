@@ -131,6 +131,38 @@ def export_and_bench(args: argparse.Namespace, ckpt: Path, bundle_root: Path, ev
     return out
 
 
+def _float_reference(row: dict[str, Any]) -> dict[str, Any] | None:
+    """Per-image float probabilities that the export check stored in the row's first bundle."""
+    first = next(iter(row["int8"].values()), None)
+    if not first:
+        return None
+    man = json.loads((Path(first["bundle"]) / "manifest.json").read_text())
+    return man["reference"]["images"]
+
+
+def add_paired_vs_unpruned(rows: list[dict[str, Any]]) -> None:
+    """Paired DeLong test of each pruned fp32 model against the unpruned one, on identical images."""
+    import numpy as np
+
+    from edgecxr.metrics import delong_paired
+
+    if not rows or rows[0]["ratio"] != 0:
+        return
+    base = _float_reference(rows[0])
+    if not base:
+        return
+    keys = sorted(base)
+    y = np.array([base[k]["label"] for k in keys])
+    s0 = np.array([base[k]["prob"] for k in keys])
+    for r in rows[1:]:
+        ref = _float_reference(r)
+        if not ref or set(ref) != set(keys):
+            continue
+        d = delong_paired(y, s0, np.array([ref[k]["prob"] for k in keys]))
+        r["fp32_vs_unpruned"] = {"auc_drop": d.diff, "ci_lo": d.ci_lo, "ci_hi": d.ci_hi, "p_value": d.p_value,
+                                 "n": len(keys)}
+
+
 def markdown(doc: dict[str, Any]) -> str:
     rows = doc["rows"]
     targets = sorted({t for r in rows for t in r["int8"]}, key=lambda t: TARGETS.index(t) if t in TARGETS else 9)
@@ -176,6 +208,15 @@ def markdown(doc: dict[str, Any]) -> str:
             b = r["int8"].get(t) or {}
             cells.append(f"{_f(b.get('auc_drop'), '+.4f')} / {_f((b.get('model_bytes') or 0) / 1e6, '.2f')}")
         lines.append("| " + " | ".join(cells) + " |")
+    paired = [r for r in rows if r.get("fp32_vs_unpruned")]
+    if paired:
+        lines += ["", "fp32 AUC lost to pruning, paired DeLong test against the unpruned model on the same "
+                  "validation images (aim: at most 0.005):", "",
+                  "| ratio | AUC drop | 95% CI | p | within 0.005 |", "|---:|---:|---:|---:|:---:|"]
+        for r in paired:
+            d = r["fp32_vs_unpruned"]
+            lines.append(f"| {r['ratio']:.2f} | {d['auc_drop']:+.4f} | [{d['ci_lo']:+.4f}, {d['ci_hi']:+.4f}] | "
+                         f"{d['p_value']:.3g} | {'yes' if d['auc_drop'] <= 0.005 else 'no'} |")
     lines += ["", "![AUC vs MACs](sweep.png)", ""]
     return "\n".join(lines)
 
@@ -246,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
                         "threshold": first.get("threshold")})
             row["seconds"] = round(time.time() - t, 1)
             rows.append(row)
+        add_paired_vs_unpruned(rows)
         doc = {
             "kind": "edgecxr-prune-sweep", "schema": 1,
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
