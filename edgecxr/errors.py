@@ -32,6 +32,10 @@ class BundleError(EdgeCXRError):
 
 
 class GateFailure(EdgeCXRError):
-    """The quantization gate found an unacceptable accuracy loss."""
+    """The quantization gate found an unacceptable accuracy loss (``rows``: every bundle's verdict)."""
 
     exit_code = 1
+
+    def __init__(self, message: str, path=None, rows: list | None = None):
+        super().__init__(message, path)
+        self.rows = list(rows or [])

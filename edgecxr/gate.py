@@ -62,7 +62,7 @@ def gate(bundles: list[str | Path], data: str | Path | None = None, max_auc_drop
     failed = [r for r in rows if r.verdict != "PASS"]
     if failed:
         raise GateFailure(f"gate failed for {len(failed)} of {len(rows)} bundle(s): "
-                          + "; ".join(f"{r.bundle}: {r.reason}" for r in failed))
+                          + "; ".join(f"{r.bundle}: {r.reason}" for r in failed), rows=rows)
     return rows
 
 

@@ -129,13 +129,7 @@ def demo(models_dir: Path = ROOT / "models", eval_dir: Path = ROOT / "data" / "k
                     summary=ROOT / "benchmarks" / "gate-summary.md", log=lambda *_: None)
     except GateFailure as e:
         failed = e
-        from .gate import GateRow  # noqa: F401
-
-        rows = []
-        for line in (ROOT / "benchmarks" / "gate-summary.md").read_text().splitlines():
-            if line.startswith("| ") and "**" in line:
-                cells = [c.strip() for c in line.strip("|").split("|")]
-                verdicts[cells[0]] = cells[-1].replace("**", "")
+        rows = e.rows
     for r in rows:
         verdicts[r.bundle] = r.verdict
     table = _table(summarize_rows(recs, verdicts))
@@ -168,21 +162,21 @@ def pipeline(source: Path, out: Path, quick: bool = False, size: int = 224, epoc
     from .train import TrainConfig, Trainer
 
     t0 = time.time()
-    out.mkdir(parents=True, exist_ok=True)
     split = out / "split.json"
     steps: dict[str, float] = {}
     if not split.exists():
-        sm = make_split(source, 0.2, 0)
+        sm = make_split(source, 0.2, 0)  # a bad source fails here, before anything is written
+        out.mkdir(parents=True, exist_ok=True)
         sm.save(split)
     log(f"[1/7] split: {split}")
     calib = out / "calibration" / "calib"
     if not calib.exists():
-        make_calibration_set(split, out / "calibration", "calib", 64 if quick else 256, 0)
+        make_calibration_set(split, out / "calibration", "calib", 256, 0)
     log(f"[2/7] calibration set: {calib}")
     t = time.time()
     tcfg = TrainConfig(split=str(split), out=str(out / "train"), size=64 if quick else size,
-                       width_mult=0.35 if quick else 1.0, epochs=2 if quick else epochs,
-                       max_train=600 if quick else 0, max_val=0, lr=3e-3 if quick else 1e-3)
+                       width_mult=0.35 if quick else 1.0, epochs=6 if quick else epochs,
+                       max_train=0, max_val=0, lr=3e-3 if quick else 1e-3)
     if not (out / "train" / "metrics.json").exists():
         Trainer(tcfg, log=log, show_progress=True).run(resume=(out / "train" / "last.pt").exists())
     steps["train"] = time.time() - t
@@ -197,7 +191,7 @@ def pipeline(source: Path, out: Path, quick: bool = False, size: int = 224, epoc
         t = time.time()
         pdir = out / "pruned"
         if not (pdir / "best.pt").exists():
-            prune_checkpoint(ckpt, pdir, prune_ratio, finetune_epochs=1 if quick else finetune_epochs,
+            prune_checkpoint(ckpt, pdir, prune_ratio, finetune_epochs=2 if quick else finetune_epochs,
                              split=split, log=log)
         steps["prune"] = time.time() - t
         final = pdir / "best.pt"
@@ -226,6 +220,7 @@ def pipeline(source: Path, out: Path, quick: bool = False, size: int = 224, epoc
         verdicts = {r.bundle: r.verdict for r in rows}
     except GateFailure as e:
         log(f"gate: {e}")
+        verdicts = {r.bundle: r.verdict for r in e.rows}
         rc = 1
     log(f"[7/7] gate: {'PASS' if rc == 0 else 'FAIL'} ({out / 'gate.md'})\n")
     log(_table(summarize_rows(recs, verdicts)))

@@ -1,0 +1,45 @@
+"""`edgecxr pipeline`: raw images to gated bundles, every step real, on the shipped mini set."""
+
+import json
+
+from .conftest import MINI, assert_clean_error, run_cli
+
+
+def test_pipeline_quick_end_to_end(tmp_path):
+    out = tmp_path / "pipe"
+    p = run_cli("pipeline", MINI, "--quick", "--out", out)
+    log = p.stdout + p.stderr
+    # the exit status is the gate's: a 52-image, 6-epoch model may well fail it, but nothing else may
+    assert p.returncode in (0, 1), log
+    for k in range(1, 8):
+        assert f"[{k}/7]" in log, f"step {k} missing:\n{log}"
+    split = json.loads((out / "split.json").read_text())
+    assert split and (out / "train" / "best.pt").exists() and (out / "pruned" / "best.pt").exists()
+    assert len(list((out / "calibration" / "calib").rglob("*.png"))) + \
+        len(list((out / "calibration" / "calib").rglob("*.jp*g"))) > 0
+
+    # six bundles, each benchmarked once, reported and gated
+    names = sorted(d.name for d in (out / "dist").iterdir() if d.is_dir())
+    assert names == sorted(f"{t}-{p}" for t in ("rpi4", "nuc", "jetson-orin-nano") for p in ("int8", "fp32"))
+    recs = [json.loads(line) for f in (out / "results").glob("*.jsonl") for line in f.read_text().splitlines()]
+    assert sorted(r["subject"]["name"] for r in recs) == names
+    assert all(r["accuracy"]["auc"] is not None for r in recs)
+    assert (out / "RESULTS.md").read_text().count("int8") >= 3
+
+    gate = (out / "gate.md").read_text()
+    verdict_rows = [ln for ln in gate.splitlines() if ln.startswith("| ") and "int8" in ln]
+    assert len(verdict_rows) == 3
+    failed = sum("FAIL" in ln for ln in verdict_rows)
+    assert (p.returncode == 1) == (failed > 0)
+    # the printed table carries the gate's verdict for every int8 bundle, never a placeholder
+    table = [ln for ln in log.splitlines() if ln.split()[:1] and ln.split()[0] in names]
+    assert len(table) == 6
+    for ln in table:
+        assert ln.split()[-1] in (("PASS", "FAIL") if "-int8" in ln.split()[0] else ("-",)), ln
+    assert json.loads((out / "pipeline.json").read_text())["quick"] is True
+
+
+def test_pipeline_missing_source_is_a_clean_error(tmp_path):
+    p = run_cli("pipeline", tmp_path / "nope", "--quick", "--out", tmp_path / "out")
+    assert_clean_error(p, "nope")
+    assert not (tmp_path / "out").exists()  # nothing half-written
