@@ -380,18 +380,12 @@ def predict(
 
     Example: edgecxr predict dist/rpi4-int8 scan1.dcm scan2.jpeg
     """
+    from .predict import format_rows
     from .predict import predict as run_predict
 
     rows = run_predict(bundle, images, threads)
-    import json as _json
-
-    for r in rows:
-        if json_out:
-            typer.echo(_json.dumps(r))
-        elif r.get("error"):
-            typer.echo(f"{r['file']}: error: {r['error']}")
-        else:
-            typer.echo(f"{r['file']}: {r['label']}  p(pneumonia)={r['prob']:.4f}  threshold {r['threshold']:.4f}")
+    for line in format_rows(rows, json_out):
+        typer.echo(line)
     if any(r.get("error") for r in rows):
         raise typer.Exit(2)
 

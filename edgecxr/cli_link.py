@@ -414,17 +414,12 @@ def remote_predict(
 
     Example: edgecxr remote predict scan1.dcm scan2.jpeg --bundle rpi4-int8 --port /dev/ttyUSB0
     """
-    import json
+    from .predict import format_rows
 
     with _client(port, baud) as client:
         rows = predict_remote(client, images, bundle, threads)
-    for r in rows:
-        if json_out:
-            typer.echo(json.dumps(r))
-        elif r.get("error"):
-            typer.echo(f"{r['file']}: error: {r['error']}")
-        else:
-            typer.echo(f"{r['file']}: {r['label']}  p(pneumonia)={r['prob']:.4f}  threshold {r['threshold']:.4f}")
+    for line in format_rows(rows, json_out):
+        typer.echo(line)
     if any(r.get("error") for r in rows):
         raise typer.Exit(2)
 

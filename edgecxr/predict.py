@@ -28,3 +28,18 @@ def predict(bundle: str | Path, images: list[str | Path], threads: int | None = 
         out.append({"file": str(f), "prob": p, "threshold": thr, "label": labels[int(p >= thr)],
                     "bundle": b.name})
     return out
+
+
+def format_rows(rows: list[dict[str, Any]], json_out: bool = False) -> list[str]:
+    """One output line per image (JSON lines with ``json_out``), as `predict` and `remote predict` print them."""
+    import json
+
+    out = []
+    for r in rows:
+        if json_out:
+            out.append(json.dumps(r))
+        elif r.get("error"):
+            out.append(f"{r['file']}: error: {r['error']}")
+        else:
+            out.append(f"{r['file']}: {r['label']}  p(pneumonia)={r['prob']:.4f}  threshold {r['threshold']:.4f}")
+    return out
