@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
 
-.PHONY: setup test demo pipeline lint clean ci-gate
+.PHONY: setup board-setup test demo pipeline lint clean ci-gate
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -16,7 +16,20 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
-test: setup
+# A board's device-side install with the older LiteRT package (tflite-runtime, numpy 1.x), no torch:
+# tests/test_board_install.py runs bench and predict in it against bundles made by the host venv.
+BOARD_VENV ?= .venv-board
+BOARD_STAMP := $(BOARD_VENV)/.installed-$(shell cat pyproject.toml constraints-board.txt | sha256sum | cut -c1-12)
+
+$(BOARD_STAMP): pyproject.toml constraints-board.txt
+	@test -x $(BOARD_VENV)/bin/python || $(PY) -m venv $(BOARD_VENV)
+	$(BOARD_VENV)/bin/python -m pip install -q -c constraints-board.txt -e '.[rpi-legacy]'
+	@rm -f $(BOARD_VENV)/.installed-*
+	@touch $@
+
+board-setup: $(BOARD_STAMP)
+
+test: setup board-setup
 	$(BIN)/python -m pytest -q
 
 lint: setup

@@ -71,6 +71,24 @@ def test_int8_is_smaller(bundles, target):
     assert i8 < 0.55 * f32  # tiny models carry fixed overhead; the 224px model is checked in benchmarks/
 
 
+def test_litert_int8_is_full_integer(bundles):
+    """Every op of the LiteRT int8 model runs in int8: no float islands behind DEQUANTIZE/QUANTIZE
+    (litert-torch leaves MobileNetV2's chained residual adds in float unless they are annotated)."""
+    import json
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    b = bundles["rpi-int8"]
+    m = json.loads((b / "manifest.json").read_text())
+    ops = m["conversion"]["ops"]
+    assert ops.get("ADD", 0) == 10 and "DEQUANTIZE" not in ops and "QUANTIZE" not in ops, ops
+    it = Interpreter(model_path=str(b / m["model_file"]))
+    it.allocate_tensors()
+    floats = [d["name"] for d in it.get_tensor_details()
+              if np.dtype(d["dtype"]) == np.float32 and len(d["shape"]) == 4]
+    assert not floats, f"float activations in the int8 model: {floats[:5]}"
+
+
 def test_archive_roundtrip(bundles, tmp_path):
     from edgecxr.bundle import unpack
 

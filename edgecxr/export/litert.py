@@ -37,6 +37,44 @@ def _quiet():
             os.environ["TF_CPP_MIN_LOG_LEVEL"] = old
 
 
+_ADD_OPS = ("aten.add.Tensor", "aten.add_.Tensor")
+
+
+def _int8_quantizer():
+    """litert-torch's PT2E quantizer, plus an annotation for every residual add.
+
+    litert-torch (0.10) annotates an add through its source partition and marks only the
+    partition's first output node, so in MobileNetV2, where one block's residual sum feeds the
+    next block's add, every chained add is left unannotated: the converter then keeps those
+    adds in float behind DEQUANTIZE/QUANTIZE pairs (9 of 10 in our model). That is not a
+    full-integer model: int8-only accelerators reject it, and older runtimes (tflite-runtime
+    2.14) run it far slower. Annotating the remaining adds like the first makes every add int8.
+    """
+    from litert_torch.quantize import pt2e_quantizer
+    from litert_torch.quantize.pt2e_quantizer_utils import get_input_act_qspec, get_output_act_qspec
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+
+    class Quantizer(pt2e_quantizer.PT2EQuantizer):
+        def annotate(self, model):
+            model = super().annotate(model)
+            cfg = self.global_config
+            for n in model.graph.nodes:
+                if n.op != "call_function" or str(n.target) not in _ADD_OPS:
+                    continue
+                ann = n.meta.get("quantization_annotation")
+                if ann is not None and ann._annotated:
+                    continue
+                args = [a for a in n.args[:2] if isinstance(a, torch.fx.Node)]
+                if len(args) != 2:
+                    continue
+                n.meta["quantization_annotation"] = QuantizationAnnotation(
+                    input_qspec_map={a: get_input_act_qspec(cfg) for a in args},
+                    output_qspec=get_output_act_qspec(cfg), _annotated=True)
+            return model
+
+    return Quantizer().set_global(pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
+
+
 def convert(model: torch.nn.Module, size: int, channels: int, calib: list[np.ndarray] | None,
             precision: str, out_dir: Path) -> Converted:
     import litert_torch
@@ -50,12 +88,10 @@ def convert(model: torch.nn.Module, size: int, channels: int, calib: list[np.nda
             edge = litert_torch.convert(nhwc_model, sample)
             details = {"quantization": None}
         else:
-            from litert_torch.quantize import pt2e_quantizer
             from litert_torch.quantize.quant_config import QuantConfig
             from torchao.quantization.pt2e import quantize_pt2e
 
-            quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
-                pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
+            quantizer = _int8_quantizer()
             exported = torch.export.export(nhwc_model, sample).module()
             prepared = quantize_pt2e.prepare_pt2e(exported, quantizer)
             with torch.no_grad():
