@@ -411,7 +411,7 @@ def demo(
 def pipeline(
     source: Annotated[Path, typer.Argument(help="ROOT with NORMAL/ and PNEUMONIA/ (or a MedMNIST .npz)")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Working folder (steps already done are reused)")] = Path("runs/pipeline"),
-    quick: Annotated[bool, typer.Option(help="Tiny settings (64 px, width 0.35, 6 epochs, prune fine-tune 2): about 2 minutes on 2 cores")] = False,
+    quick: Annotated[bool, typer.Option(help="Tiny settings (64 px, width 0.35, 6 epochs, prune fine-tune 2): about 3 minutes on 2 cores")] = False,
     size: Annotated[int, typer.Option(help="Input size")] = 224,
     epochs: Annotated[int, typer.Option(help="Training epochs")] = 30,
     prune_ratio: Annotated[float, typer.Option(help="Channel pruning ratio (0 = no pruning)")] = 0.5,

@@ -213,15 +213,13 @@ def pipeline(source: Path, out: Path, quick: bool = False, size: int = 224, epoc
     recs = bench_all(bundles, None, out / "results", device, [], 30 if quick else 100, log)
     report(out / "results", out / "RESULTS.md")
     log(f"[6/7] benchmarked; report {out / 'RESULTS.md'}")
-    verdicts = {}
     rc = 0
     try:
         rows = gate([b for b in bundles if b.name.endswith("int8")], None, summary=out / "gate.md", log=lambda *_: None)
-        verdicts = {r.bundle: r.verdict for r in rows}
     except GateFailure as e:
         log(f"gate: {e}")
-        verdicts = {r.bundle: r.verdict for r in e.rows}
-        rc = 1
+        rows, rc = e.rows, 1
+    verdicts = {r.bundle: r.verdict for r in rows}
     log(f"[7/7] gate: {'PASS' if rc == 0 else 'FAIL'} ({out / 'gate.md'})\n")
     log(_table(summarize_rows(recs, verdicts)))
     steps["total"] = time.time() - t0
