@@ -3,6 +3,7 @@ in its real runtime (LiteRT via ai-edge-litert, OpenVINO CPU, ONNX Runtime CPU f
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -112,6 +113,33 @@ def test_bad_inputs_are_clear_and_write_nothing(bundles, tmp_path):
     assert_clean_error(run_cli("export", TINY, "--target", "nuc", "--precision", "fp32", "--data", MINI,
                                "--out", existing.parent), "--force")
     assert (existing / "manifest.json").read_bytes() == before
+
+
+def test_converter_noise_goes_to_a_log_kept_only_on_failure(tmp_path, monkeypatch, capfd):
+    """Converters print from C++ and Python; the user sees one line, and the log when it failed."""
+    import os
+    import warnings
+
+    import edgecxr.export.openvino as ov_conv
+    from edgecxr.errors import EdgeCXRError
+    from edgecxr.export import export_bundle
+
+    def noisy_then_broken(*args, **kwargs):
+        os.write(2, b"C++ NOISE from the converter\n")
+        warnings.warn("python noise from the converter", RuntimeWarning, stacklevel=1)
+        raise RuntimeError("unsupported op: aten::frobnicate")
+
+    monkeypatch.setattr(ov_conv, "convert", noisy_then_broken)
+    out = tmp_path / "dist"
+    with pytest.raises(EdgeCXRError) as err:
+        export_bundle(TINY, "nuc", "fp32", out, data=MINI, log=lambda *_: None)
+    msg = str(err.value)
+    assert "openvino converter failed" in msg and "aten::frobnicate" in msg and "\n" not in msg
+    log = Path(msg.split("converter log: ")[1])
+    assert "C++ NOISE" in log.read_text()
+    log.unlink()
+    assert "NOISE" not in capfd.readouterr().err
+    assert not out.exists() or not any(out.iterdir())  # nothing half-written
 
 
 def test_calibration_set_checks(tmp_path):

@@ -30,6 +30,7 @@ from ..fsutil import atomic_dir
 from ..metrics import binary_metrics, delong_paired, roc_auc, softmax_pos, summarize
 from ..preprocess import PreprocessConfig, preprocess_grey
 from ..targets import Target, get_target
+from .base import converter_output
 
 CONVERTERS = {
     "litert": "edgecxr.export.litert",
@@ -156,12 +157,17 @@ def export_bundle(checkpoint: str | Path, target: str | Target, precision: str |
         t_conv = time.time()
         log(f"converting for {tgt.name} ({tgt.backend}, {precision})")
         try:
-            res = conv.convert(model, pp.size, pp.channels, calib_x, precision, tmp)
+            with converter_output() as conv_log:
+                res = conv.convert(model, pp.size, pp.channels, calib_x, precision, tmp)
         except EdgeCXRError:
             raise
         except Exception as e:
             first = str(e).strip().splitlines()[0][:200] if str(e).strip() else e.__class__.__name__
-            raise EdgeCXRError(f"{tgt.backend} converter failed ({e.__class__.__name__}: {first})", checkpoint) from None
+            where = f"; converter log: {conv_log}" if conv_log else ""
+            raise EdgeCXRError(f"{tgt.backend} converter failed ({e.__class__.__name__}: {first}){where}",
+                               checkpoint) from None
+        if conv_log:
+            conv_log.unlink(missing_ok=True)
         convert_s = time.time() - t_conv
         for f in tmp.iterdir():
             if f.name not in res.files:

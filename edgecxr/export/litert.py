@@ -8,7 +8,6 @@ activations calibrated on the calibration set), int8 input and output.
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
 from pathlib import Path
@@ -22,14 +21,12 @@ from .base import Converted
 
 @contextlib.contextmanager
 def _quiet():
-    """litert-torch and absl print a lot; keep the user's terminal readable."""
+    """Fewer absl/TF log lines (export sends what remains to the converter log, see base.converter_output)."""
     logging.getLogger("absl").setLevel(logging.ERROR)
     old = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    buf = io.StringIO()
     try:
-        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
-            yield
+        yield
     finally:
         if old is None:
             os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
