@@ -136,7 +136,8 @@ def demo(models_dir: Path = ROOT / "models", eval_dir: Path = ROOT / "data" / "k
     log("")
     log(table)
     log(f"\nAUC on {len(ev.labels)} validation images ({eval_dir.relative_to(ROOT) if eval_dir.is_relative_to(ROOT) else eval_dir}); "
-        f"gate: AUC drop <= {max_auc_drop}, agreement >= {min_agreement}; total {time.time() - t0:.0f}s")
+        f"gate (int8 only; fp32 is the reference): AUC drop vs fp32 <= {max_auc_drop}, label agreement "
+        f">= {min_agreement}; p50 = median latency of one image on this machine; total {time.time() - t0:.0f}s")
     log(f"full results: {report_out}")
     if failed:
         log(f"edgecxr: error: {failed}")
