@@ -44,10 +44,14 @@ pipeline: setup
 clean:
 	rm -rf dist runs .pytest_cache
 
-# CI: int8 bundles of the three targets from the shipped model, gated against fp32 on the shipped images.
+# CI: int8 bundles of the three targets from the shipped model and their fp32 twins, gated on the
+# shipped validation images (against the PyTorch float reference) and on the seeded shift stress set
+# (100 validation images x 10 corruptions x 3 severities, against the fp32 twin), per corruption.
 CI_MODEL ?= $(firstword $(wildcard models/mnv2-ref-pruned*.pt) models/mnv2-ref.pt)
+CI_STRESS_IMAGES ?= 100
 ci-gate: setup
-	$(BIN)/edgecxr export $(CI_MODEL) --target rpi,nuc,jetson --precision int8 \
+	$(BIN)/edgecxr export $(CI_MODEL) --target rpi,nuc,jetson --precision both \
 		--data data/kermany224-val --calibration calibration/kermany224 --out dist/ci --force
+	$(BIN)/edgecxr data stress data/kermany224-val --max-images $(CI_STRESS_IMAGES) --out dist/ci/stress --force
 	$(BIN)/edgecxr gate dist/ci/rpi4-int8 dist/ci/nuc-int8 dist/ci/jetson-orin-nano-int8 \
-		--summary dist/ci/gate-summary.md
+		--stress dist/ci/stress --summary dist/ci/gate-summary.md --details dist/ci/gate.json

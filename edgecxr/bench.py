@@ -143,8 +143,12 @@ def time_loop(fn: Callable[[], Any], warmup: int, iterations: int, budget_s: flo
 
 
 def run(subject: Subject, data: str | Path | None = None, cfg: BenchConfig | None = None,
-        device: str | None = None, log=print) -> dict[str, Any]:
-    """Benchmark one subject; return the result record (not yet stored)."""
+        device: str | None = None, log=print, reference: str | Path | None = None) -> dict[str, Any]:
+    """Benchmark one subject; return the result record (not yet stored).
+
+    ``reference``: an fp32 twin bundle (same checkpoint) run on the same images, for paired
+    validation on images the bundle's manifest has no float reference for (a site's own set).
+    """
     import os
 
     cfg = cfg or BenchConfig()
@@ -180,7 +184,21 @@ def run(subject: Subject, data: str | Path | None = None, cfg: BenchConfig | Non
         shas = [it.sha256 for it in imgs["items"]]
         if len(set(y.tolist())) == 2 and subject.threshold is not None:
             acc = summarize(y, prob, subject.threshold)
-        paired = pair_with_reference(subject, shas, y, prob)
+        paired = pair_with_reference(subject, shas, y, prob, [it.path for it in imgs["items"]])
+        if reference is not None:
+            from .paired import check_twins, compare, run_probs
+
+            check_twins(subject.meta["bundle"], reference)
+            p_twin = run_probs(reference, x_all, threads)
+            twin = compare(y, p_twin, prob, subject.threshold if subject.threshold is not None else 0.5,
+                           [it.path for it in imgs["items"]])
+            twin["reference_bundle"] = str(reference)
+            twin["reference_manifest_sha256"] = sha256_file(Path(reference) / "manifest.json")
+            twin.update({"float_probs": p_twin.round(6).tolist(), "probs": prob.round(6).tolist(), "labels": y.tolist()})
+            if not paired or not paired.get("matched") or paired.get("unmatched"):
+                paired = {**twin, "matched": len(y), "unmatched": 0, "against": "fp32 twin bundle"}
+            else:
+                paired["fp32_twin"] = {k: v for k, v in twin.items() if k not in ("float_probs", "probs", "labels")}
     # latency, batch 1 (or cfg.batch), on one fixed real image
     latency = extra = None
     if cfg.latency:
@@ -225,7 +243,8 @@ def _pstats(ms: np.ndarray) -> dict[str, float]:
             "p90": float(np.percentile(ms, 90))}
 
 
-def pair_with_reference(subject: Subject, shas: list[str], y: np.ndarray, prob: np.ndarray) -> dict[str, Any] | None:
+def pair_with_reference(subject: Subject, shas: list[str], y: np.ndarray, prob: np.ndarray,
+                        paths: list[str] | None = None) -> dict[str, Any] | None:
     """AUC drop against the float model on the identical images, paired by sha256."""
     ref = subject.reference
     if not ref:
@@ -251,6 +270,7 @@ def pair_with_reference(subject: Subject, shas: list[str], y: np.ndarray, prob: 
         "accuracy_float": binary_metrics(yy, pr, thr).accuracy, "accuracy": binary_metrics(yy, p, thr).accuracy,
         "mean_abs_prob_diff": float(np.abs(pr - p).mean()), "max_abs_prob_diff": float(np.abs(pr - p).max()),
         "float_probs": pr.round(6).tolist(), "probs": p.round(6).tolist(), "labels": yy.tolist(),
+        "flipped": [paths[idx[i]] if paths else shas[idx[i]] for i in np.nonzero((pr >= thr) != (p >= thr))[0]],
     })
     return out
 

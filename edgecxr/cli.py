@@ -97,6 +97,60 @@ def data_split(
         typer.echo(f"{len(sm.skipped)} file(s) skipped")
 
 
+@data_app.command("stress")
+def data_stress(
+    source: Annotated[Path, typer.Argument(help="ROOT folder with NORMAL/ and PNEUMONIA/, a MedMNIST .npz, "
+                                                 "or a split manifest (its validation part)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: OUT/<corruption>-s<severity>/{NORMAL,PNEUMONIA}/ and OUT/manifest.json")],
+    seed: Annotated[int, typer.Option(help="Random seed (directions, noise, subset)")] = 0,
+    severity: Annotated[str, typer.Option(help="Comma-separated severities, each 1 (mild) to 3 (strong)")] = "1,2,3",
+    corruptions: Annotated[str, typer.Option(help="Comma-separated corruptions (default: all): exposure, contrast, gamma, "
+                                                   "noise, blur, jpeg, zoom, crop_pad, rotation, resample")] = "",
+    max_images: Annotated[int, typer.Option(help="Cap on source images, stratified and seeded (0 = all)")] = 0,
+    force: Annotated[bool, typer.Option(help="Replace an existing output folder")] = False,
+):
+    """Make a seeded shift stress set: every image under every corruption and severity, as labelled folders.
+
+    Mimics what differs between hospitals and X-ray machines (exposure, contrast, gamma, noise, blur,
+    JPEG, zoom, crop, rotation, resize filter). Each OUT/<corruption>-s<severity> folder is a valid --data folder.
+
+    Example: edgecxr data stress splits/kermany224.json --out data/stress --max-images 200
+    """
+    import contextlib
+
+    from .progress import bar
+    from .stress import make_stress_set
+
+    sevs = []
+    for tok in (t.strip() for t in severity.split(",")):
+        if tok:
+            try:
+                sevs.append(int(tok))
+            except ValueError:
+                raise EdgeCXRError(f"--severity {tok!r} is not a number; known: 1, 2, 3") from None
+    names = [t.strip() for t in corruptions.split(",") if t.strip()] or None
+    with contextlib.ExitStack() as stack:
+        advance = []
+
+        def progress(done: int, total: int) -> None:
+            if not advance:
+                advance.append(stack.enter_context(bar(total, "stressing images")))
+            advance[0]()
+
+        final = make_stress_set(source, out, seed=seed, severities=sevs, corruptions=names,
+                                max_images=max_images, force=force, progress=progress)
+    from .stress import load_stress_manifest
+
+    m = load_stress_manifest(final)
+    rec = m["recipe"]["corruptions"]
+    for g, info_ in m["groups"].items():
+        params = ", ".join(f"{k} {v}" for k, v in rec[info_["corruption"]]["severities"][str(info_["severity"])].items())
+        typer.echo(f"{g:<14} {info_['n']:>5} images  ({params})")
+    typer.echo(f"wrote {final}: {len(m['groups'])} groups x {m['n_source_images']} source images "
+               f"({', '.join(f'{k} {v}' for k, v in m['counts'].items())}) = {len(m['items'])} images, "
+               f"seed {seed}, recipe v{m['recipe']['version']}")
+
+
 # ---------------------------------------------------------------- train
 @app.command()
 def train(
@@ -204,6 +258,9 @@ def export(
     calibration: Annotated[Path, typer.Option(help="Calibration set folder (int8)")] = Path("calibration/default"),
     out: Annotated[Path, typer.Option("--out", "-o", help="Parent folder for bundles")] = Path("dist"),
     force: Annotated[bool, typer.Option(help="Replace an existing bundle")] = False,
+    quant: Annotated[str | None, typer.Option(help="int8 recipe (default: the backend's measured winner; see benchmarks/quantization.md): "
+                                              "openvino minmax-bc|histogram-bc|nncf-ofix|nncf-default, onnxruntime minmax-rr|percentile-rr|entropy-rr|minmax, "
+                                              "litert pt2e-histogram|pt2e-minmax")] = None,
 ):
     """Export a checkpoint to a board's runtime as a self-describing bundle (+ one .tar to copy).
 
@@ -227,12 +284,14 @@ def export(
     for tgt in tgts:
         precs = ["int8", "fp32"] if precision == "both" else [precision or tgt.precision]
         for p in precs:
-            s = export_bundle(checkpoint, tgt, p, out, split, data, calibration, force, log=info, eval_set=ev)
+            s = export_bundle(checkpoint, tgt, p, out, split, data, calibration, force, log=info, eval_set=ev,
+                              quant=quant if p == "int8" else None)
             _print_export(s)
 
 
 def _print_export(s: dict) -> None:
-    typer.echo(f"{s['bundle']}  ({s['backend']}, {s['precision']}, {s['model_bytes'] / 1e6:.2f} MB, "
+    typer.echo(f"{s['bundle']}  ({s['backend']}, {s['precision']}"
+               + (f", recipe {s['recipe']}" if s.get("recipe") else "") + f", {s['model_bytes'] / 1e6:.2f} MB, "
                f"{s['export_seconds']:.0f}s)  archive: {s['archive']}")
     typer.echo(f"  n={s['n']}  AUC float {s['auc_float']:.4f}  AUC bundle {s['auc_artifact']:.4f}  "
                f"drop {s['auc_drop']:+.4f}  agreement {s['label_agreement']:.4f}  "
@@ -257,6 +316,7 @@ def bench(
     torch_checkpoint: Annotated[Path | None, typer.Option("--torch", help="Also bench this checkpoint in PyTorch fp32 (host only)")] = None,
     baseline: Annotated[str | None, typer.Option(help="Also time an untrained heavy baseline: densenet121 (host only)")] = None,
     no_store: Annotated[bool, typer.Option(help="Print only; do not append to the results file")] = False,
+    reference: Annotated[Path | None, typer.Option(help="fp32 twin bundle: pair with it on the same images (a site's own --data), paired AUC drop, DeLong p, flipped files")] = None,
 ):
     """Benchmark bundles on this board: size, latency (p50/p90/p99), cold start, memory, AUC and
     the AUC drop against the float model on the identical images. Appends one record per bundle
@@ -288,7 +348,8 @@ def bench(
         cfg = BenchConfig(warmup=warmup, iterations=iterations, time_budget_s=time_budget, batch=batch,
                           extra_batch=extra_batch, threads=threads, max_images=max_images,
                           accuracy=not s.name.startswith("baseline-"), options=opts)
-        rec = run(s, data, cfg, device, log=info)
+        twin = reference if reference is not None and s.meta.get("bundle") and s.precision != "fp32" else None
+        rec = run(s, data, cfg, device, log=info, reference=twin)
         path = None if no_store else store(rec, results)
         _print_bench(rec, path)
 
@@ -306,6 +367,14 @@ def _print_bench(rec: dict, path) -> None:
                + (f" -> {path}" if path else ""))
     for n in rt.get("notes") or []:
         typer.echo(f"  note: {n}")
+    if vf.get("against") == "fp32 twin bundle" or vf.get("fp32_twin"):
+        t = vf.get("fp32_twin") or vf
+        p = t.get("delong_p")
+        typer.echo(f"  vs fp32 twin {t['reference_bundle']}: n={t['n']} AUC drop {t.get('auc_drop', float('nan')):+.4f}"
+                   + (f" (DeLong p {p:.3f})" if p is not None else "")
+                   + f"  agreement {t['label_agreement']:.4f}  flipped {len(t['flipped'])}")
+        for f in t["flipped"][:10]:
+            typer.echo(f"    flipped: {f['path']} (label {f['label']}) p fp32 {f['p_fp32']:.3f} -> {f['p']:.3f}")
 
 
 @app.command()
@@ -327,17 +396,30 @@ def report(
 def gate(
     bundles: Annotated[list[Path], typer.Argument(help="Bundle folders (usually the int8 ones)")],
     data: Annotated[Path | None, typer.Option(help="Labelled images; default: each bundle's reference set")] = None,
+    stress: Annotated[Path | None, typer.Option(help="Also judge on this shift stress set (made by `edgecxr data stress`), per corruption, against the fp32 twin")] = None,
+    reference: Annotated[list[Path] | None, typer.Option(help="fp32 twin bundle(s) (same checkpoint); default: an fp32 bundle beside each int8 one")] = None,
     max_auc_drop: Annotated[float, typer.Option(help="Largest acceptable AUC drop against the float model")] = 0.005,
     min_agreement: Annotated[float, typer.Option(help="Smallest acceptable label agreement at the threshold")] = 0.98,
     summary: Annotated[Path | None, typer.Option(help="Markdown summary file (default: $GITHUB_STEP_SUMMARY if set)")] = None,
+    details: Annotated[Path | None, typer.Option(help="Write every row and probability pair as JSON here (for `edgecxr plot-gate`)")] = None,
+    threads: Annotated[int | None, typer.Option(help="Threads per runtime (default: the profile's, capped at the cores here)")] = None,
 ):
-    """Fail (exit 1) when quantization costs more than allowed against the float model.
+    """Fail (exit 1) when quantization costs more than allowed against the float model, on the
+    reference images and, with --stress, on every corruption of the shift stress set.
 
-    Example: edgecxr gate dist/rpi4-int8 dist/nuc-int8 dist/jetson-orin-nano-int8 --max-auc-drop 0.005
+    With --data DIR of a site's own labelled images, each int8 bundle is paired with its fp32
+    twin on those images (paired by sha256): paired AUC drop with DeLong p, agreement, flipped files.
+
+    Examples:
+      edgecxr gate dist/rpi4-int8 dist/nuc-int8 dist/jetson-orin-nano-int8 --max-auc-drop 0.005
+      edgecxr data stress data/kermany224-val --out dist/stress --max-images 300
+      edgecxr gate dist/nuc-int8 --stress dist/stress --reference dist/nuc-fp32
+      edgecxr gate dist/nuc-int8 --data /site/labelled --reference dist/nuc-fp32
     """
     from .gate import gate as run_gate
 
-    run_gate(bundles, data, max_auc_drop, min_agreement, summary, log=typer.echo)
+    run_gate(bundles, data, max_auc_drop, min_agreement, summary, log=typer.echo, stress=stress,
+             references=reference, details=details, threads=threads)
 
 
 @app.command()

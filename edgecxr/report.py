@@ -9,13 +9,31 @@ from typing import Any
 from .bench import read_results
 from .errors import DataError
 from .fsutil import atomic_write_text
+from .sysinfo import INT8_ISA_NOTES
+
+
+def _isa(r: dict[str, Any]) -> str:
+    from .sysinfo import int8_isa
+
+    f = r.get("device_facts") or {}
+    return f.get("int8_isa") or int8_isa(set(f.get("cpu_flags") or []), f.get("machine") or "")
 
 
 def latest_per_subject(records: list[dict[str, Any]]) -> dict[str, OrderedDict[str, dict[str, Any]]]:
-    """device -> subject name -> latest record (by time, then file order)."""
+    """device -> subject name -> latest record (by time, then file order).
+
+    A device name that holds records from CPUs of different int8 instruction-set classes (an
+    AVX2-only and an AVX-512 VNNI machine both called ``x86_64-amd-epyc-2c``, as default names
+    were before they carried the class) is split by class: their int8 numbers differ.
+    """
+    isas: dict[str, set[str]] = {}
+    for r in records:
+        isas.setdefault(r["device"], set()).add(_isa(r))
     out: dict[str, OrderedDict[str, dict[str, Any]]] = {}
     for r in sorted(records, key=lambda r: r["time"]):
-        out.setdefault(r["device"], OrderedDict())[r["subject"]["name"]] = r
+        dev, isa = r["device"], _isa(r)
+        key = dev if len(isas[dev]) == 1 or dev.endswith(f"-{isa}") else f"{dev}-{isa}"
+        out.setdefault(key, OrderedDict())[r["subject"]["name"]] = r
     return out
 
 
@@ -47,7 +65,8 @@ def render(by_dev: dict[str, OrderedDict[str, dict[str, Any]]], plots: dict[str,
         f = first["device_facts"]
         out += [f"## {dev}", "",
                 f"{f.get('board') or ''} {f['cpu_model']}, {f['cores']} cores, {f['machine']}, {f['os']}, "
-                f"Python {f['python']}; CPU flags: {', '.join(f.get('cpu_flags') or []) or 'n/a'}.", "",
+                f"Python {f['python']}; CPU flags: {', '.join(f.get('cpu_flags') or []) or 'n/a'}; int8: "
+                f"{INT8_ISA_NOTES.get(_isa(first), 'n/a')}.", "",
                 "| bundle | backend | precision | size MB | p50 ms | p90 ms | img/s | AUC [95% CI] | AUC drop vs fp32 | agreement | accuracy | sensitivity | specificity | runtime (device, precision, threads) |",
                 "|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|"]
         rows = [row(r) for r in recs.values()]

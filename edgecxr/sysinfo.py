@@ -69,15 +69,62 @@ def mem_total_mb() -> float | None:
     return None
 
 
+def cpu_flag_set() -> set[str]:
+    ci = _cpuinfo()
+    return set((ci.get("flags") or ci.get("Features") or "").split())
+
+
+def int8_isa(flags: set[str] | None = None, machine: str | None = None) -> str:
+    """The instruction-set class that decides int8 speed and, on x86, whether int8 products saturate.
+
+    x86 without VNNI multiplies unsigned by signed 8-bit values and adds pairs in 16 bits
+    (``vpmaddubsw``), which saturates unless weights use 7 bits; VNNI and AMX accumulate in
+    32 bits. On arm64 the dot-product extension (``asimddp``) and i8mm decide the int8 kernels.
+    """
+    flags = cpu_flag_set() if flags is None else flags
+    machine = (machine or platform.machine()).lower()
+    if machine in ("x86_64", "amd64", "i686", "x86"):
+        if "amx_int8" in flags:
+            return "amx"
+        if "avx512_vnni" in flags:
+            return "avx512vnni"
+        if "avx_vnni" in flags:
+            return "avxvnni"
+        if "avx2" in flags:
+            return "avx2"
+        return "sse"
+    if machine in ("aarch64", "arm64"):
+        if "i8mm" in flags:
+            return "neon-i8mm"
+        if "asimddp" in flags:
+            return "neon-dotprod"
+        return "neon"
+    return "unknown"
+
+
+INT8_ISA_NOTES = {
+    "amx": "AMX tiles and AVX-512 VNNI: 32-bit int8 accumulation",
+    "avx512vnni": "AVX-512 VNNI: 32-bit int8 accumulation",
+    "avxvnni": "AVX-VNNI: 32-bit int8 accumulation",
+    "avx2": "AVX2 without VNNI: u8 x s8 pairs add in 16 bits and saturate unless weights use 7 bits",
+    "sse": "no AVX2: slow int8 kernels",
+    "neon-i8mm": "arm64 NEON with dot product and i8mm",
+    "neon-dotprod": "arm64 NEON with dot product (sdot/udot)",
+    "neon": "arm64 NEON without dot product",
+    "unknown": "unknown instruction set",
+}
+
+
 def default_device_name() -> str:
+    """machine-cpu-cores-isa: records from an AVX2-only and a VNNI machine of one CPU family stay apart."""
     model = re.sub(r"[^a-z0-9]+", "-", cpu_model().lower()).strip("-")
     model = re.sub(r"-(processor|cpu|with-radeon-graphics)$", "", model)[:40].strip("-")
-    return f"{platform.machine().lower()}-{model}-{cores()}c"
+    return f"{platform.machine().lower()}-{model}-{cores()}c-{int8_isa()}"
 
 
 def device_facts() -> dict[str, Any]:
-    ci = _cpuinfo()
-    flags = set((ci.get("flags") or ci.get("Features") or "").split())
+    flags = cpu_flag_set()
+    isa = int8_isa(flags)
     return {
         "hostname": socket.gethostname(),
         "board": board_model(),
@@ -85,6 +132,8 @@ def device_facts() -> dict[str, Any]:
         "cpu_model": cpu_model(),
         "cores": cores(),
         "cpu_flags": sorted(f for f in INTERESTING_FLAGS if f in flags),
+        "int8_isa": isa,
+        "int8_isa_note": INT8_ISA_NOTES[isa],
         "mem_total_mb": mem_total_mb(),
         "os": platform.platform(),
         "python": sys.version.split()[0],

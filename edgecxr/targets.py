@@ -37,6 +37,7 @@ class Target:
     runtime: dict[str, Any] = field(default_factory=dict)
     install: str = ""
     options: dict[str, Any] = field(default_factory=dict)
+    quant: str = ""  # int8 recipe name (edgecxr.export.recipes); empty: the backend's default
     path: str = ""
 
     def to_dict(self) -> dict[str, Any]:

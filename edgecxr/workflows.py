@@ -40,12 +40,33 @@ def reference_models(models_dir: Path) -> list[Model]:
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    hdr = f"{'bundle':<36} {'backend':<12} {'prec':<5} {'size MB':>8} {'p50 ms':>8} {'AUC':>7} {'drop':>8} {'agree':>6}  verdict"
+    hdr = (f"{'bundle':<36} {'backend':<12} {'prec':<5} {'size MB':>8} {'p50 ms':>8} {'AUC':>7} {'drop':>8} "
+           f"{'agree':>6} {'stress worst agree':>24}  verdict")
     lines = [hdr, "-" * len(hdr)]
     for r in rows:
         lines.append(f"{r['name']:<36} {r['backend']:<12} {r['precision']:<5} {r['size_mb']:>8.2f} "
-                     f"{r['p50']:>8.2f} {r['auc']:>7} {r['drop']:>8} {r['agree']:>6}  {r['verdict']}")
+                     f"{r['p50']:>8.2f} {r['auc']:>7} {r['drop']:>8} {r['agree']:>6} {r.get('stress', '-'):>24}  "
+                     f"{r['verdict']}")
     return "\n".join(lines)
+
+
+def stress_cells(rows) -> dict[str, str]:
+    """bundle -> its worst stress corruption's agreement, e.g. 'crop_pad 0.987'."""
+    out: dict[str, str] = {}
+    for name in {r.bundle for r in rows}:
+        st = [r for r in rows if r.bundle == name and r.images.startswith("stress:") and r.agreement == r.agreement]
+        if st:
+            w = min(st, key=lambda r: r.agreement)
+            out[name] = f"{w.images[7:]} {w.agreement:.3f}"
+    return out
+
+
+def verdicts_of(rows) -> dict[str, str]:
+    """bundle -> FAIL if any of its rows (reference or a stress corruption) failed, else PASS."""
+    out: dict[str, str] = {}
+    for r in rows:
+        out[r.bundle] = "FAIL" if r.verdict != "PASS" or out.get(r.bundle) == "FAIL" else "PASS"
+    return out
 
 
 def _fmt(v, spec):
@@ -69,7 +90,8 @@ def bench_all(bundles: list[Path], eval_dir: Path | None, results: Path, device:
     return recs
 
 
-def summarize_rows(recs: list[dict[str, Any]], verdicts: dict[str, str]) -> list[dict[str, Any]]:
+def summarize_rows(recs: list[dict[str, Any]], verdicts: dict[str, str],
+                   stress: dict[str, str] | None = None) -> list[dict[str, Any]]:
     rows = []
     for r in recs:
         s, acc, vf = r["subject"], r.get("accuracy") or {}, r.get("vs_float") or {}
@@ -77,7 +99,8 @@ def summarize_rows(recs: list[dict[str, Any]], verdicts: dict[str, str]) -> list
                      "size_mb": s["model_bytes"] / 1e6, "p50": r["latency_ms"]["p50"],
                      "auc": _fmt(acc.get("auc"), ".4f"), "drop": _fmt(vf.get("auc_drop"), "+.4f"),
                      "agree": _fmt(vf.get("label_agreement"), ".3f"),
-                     "verdict": verdicts.get(s["name"], "-" if s["precision"] != "int8" else "?")})
+                     "verdict": verdicts.get(s["name"], "-" if s["precision"] != "int8" else "?"),
+                     "stress": (stress or {}).get(s["name"], "-")})
     return rows
 
 
@@ -85,7 +108,7 @@ def demo(models_dir: Path = ROOT / "models", eval_dir: Path = ROOT / "data" / "k
          calibration: Path = ROOT / "calibration" / "kermany224", dist: Path = ROOT / "dist",
          results: Path = ROOT / "benchmarks" / "results", report_out: Path = ROOT / "benchmarks" / "RESULTS.md",
          device: str | None = None, iterations: int = 100, baseline: str | None = "densenet121",
-         max_auc_drop: float = 0.005, min_agreement: float = 0.98, log=print) -> int:
+         max_auc_drop: float = 0.005, min_agreement: float = 0.98, stress_images: int = 150, log=print) -> int:
     from .backends.torchref import subject_baseline, subject_from_checkpoint
     from .export import export_bundle, load_eval_set
     from .gate import gate
@@ -121,28 +144,58 @@ def demo(models_dir: Path = ROOT / "models", eval_dir: Path = ROOT / "data" / "k
     recs = bench_all(bundles, eval_dir, results, device, extra, iterations, log)
     out = report(results, report_out)
     log(f"  report: {out}")
-    verdicts: dict[str, str] = {}
     failed = None
     int8 = [b for b in bundles if b.name.endswith("-int8")]
+    stress = None
+    if stress_images:
+        stress = make_demo_stress(eval_dir, dist / f"stress-{stress_images}", stress_images, log)
+    t1 = time.time()
     try:
-        rows = gate(int8, eval_dir, max_auc_drop, min_agreement,
-                    summary=ROOT / "benchmarks" / "gate-summary.md", log=lambda *_: None)
+        rows = gate(int8, eval_dir, max_auc_drop, min_agreement, stress=stress,
+                    references=[b for b in bundles if b.name.endswith("-fp32")],
+                    summary=ROOT / "benchmarks" / "gate-summary.md", details=dist / "gate.json", log=lambda *_: None)
     except GateFailure as e:
         failed = e
         rows = e.rows
-    for r in rows:
-        verdicts[r.bundle] = r.verdict
-    table = _table(summarize_rows(recs, verdicts))
+    log(f"  gate: {len(int8)} int8 bundles on {len(ev.labels)} validation images"
+        + (f" and the stress set {stress}" if stress else "") + f" ({time.time() - t1:.0f}s)")
+    try:
+        from .plots import int8_vs_fp32
+
+        pics = int8_vs_fp32(dist / "gate.json", ROOT / "benchmarks" / "plots")
+        log(f"  int8 against fp32 pictures: {', '.join(str(p.relative_to(ROOT)) for p in pics)}")
+    except ImportError:
+        pass
+    table = _table(summarize_rows(recs, verdicts_of(rows), stress_cells(rows)))
     log("")
     log(table)
     log(f"\nAUC on {len(ev.labels)} validation images ({eval_dir.relative_to(ROOT) if eval_dir.is_relative_to(ROOT) else eval_dir}); "
         f"gate (int8 only; fp32 is the reference): AUC drop vs fp32 <= {max_auc_drop}, label agreement "
-        f">= {min_agreement}; p50 = median latency of one image on this machine; total {time.time() - t0:.0f}s")
+        f">= {min_agreement}, on the validation images and on every corruption of the stress set "
+        f"({stress_images} validation images x 10 corruptions x 3 severities; worst corruption shown); "
+        f"p50 = median latency of one image on this machine; total {time.time() - t0:.0f}s")
     log(f"full results: {report_out}")
     if failed:
         log(f"edgecxr: error: {failed}")
         return 1
     return 0
+
+
+def make_demo_stress(eval_dir: Path, out: Path, n: int, log) -> Path:
+    """The seeded shift stress set of ``n`` evaluation images (reused when its recipe matches)."""
+    from .stress import load_stress_manifest, make_stress_set, recipe
+
+    if out.exists():
+        try:
+            m = load_stress_manifest(out)
+            if m["recipe"] == recipe(0) and m["source"] == str(eval_dir) and m["n_source_images"] == n:
+                return out
+        except EdgeCXRError:
+            pass
+    t = time.time()
+    make_stress_set(eval_dir, out, seed=0, max_images=n, force=True)
+    log(f"  stress set: {out} ({time.time() - t:.0f}s)")
+    return out
 
 
 def _tname(t: str) -> str:

@@ -100,7 +100,7 @@ def export_bundle(checkpoint: str | Path, target: str | Target, precision: str |
                   out_root: str | Path = "dist", split: str | Path | None = None, data: str | Path | None = None,
                   calibration: str | Path | None = "calibration/default", force: bool = False,
                   name: str | None = None, log=print, archive: bool = True,
-                  eval_set: EvalSet | None = None) -> dict[str, Any]:
+                  eval_set: EvalSet | None = None, quant: str | None = None) -> dict[str, Any]:
     from ..model import load_checkpoint
 
     t0 = time.time()
@@ -142,7 +142,11 @@ def export_bundle(checkpoint: str | Path, target: str | Target, precision: str |
 
     calib_info = None
     calib_x = None
+    recipe = None
     if precision == "int8":
+        from .recipes import resolve
+
+        recipe = resolve(quant, tgt.backend, tgt.quant or None)
         from ..calibrate import load_calibration_set
 
         if calibration is None:
@@ -155,10 +159,11 @@ def export_bundle(checkpoint: str | Path, target: str | Target, precision: str |
     conv = importlib.import_module(CONVERTERS[tgt.backend])
     with atomic_dir(final, force=True) as tmp:
         t_conv = time.time()
-        log(f"converting for {tgt.name} ({tgt.backend}, {precision})")
+        log(f"converting for {tgt.name} ({tgt.backend}, {precision}"
+            + (f", recipe {recipe.name}" if recipe else "") + ")")
         try:
             with converter_output() as conv_log:
-                res = conv.convert(model, pp.size, pp.channels, calib_x, precision, tmp)
+                res = conv.convert(model, pp.size, pp.channels, calib_x, precision, tmp, recipe)
         except EdgeCXRError:
             raise
         except Exception as e:
@@ -216,7 +221,7 @@ def export_bundle(checkpoint: str | Path, target: str | Target, precision: str |
         verify(tmp)
     arch_path = pack(final) if archive else None
     summary = {"bundle": str(final), "archive": str(arch_path) if arch_path else None, "target": tgt.name,
-               "backend": tgt.backend, "precision": precision,
+               "backend": tgt.backend, "precision": precision, "recipe": recipe.name if recipe else None,
                "model_bytes": sum(f["bytes"] for f in manifest["files"].values()),
                "export_seconds": round(time.time() - t0, 2), **check}
     return summary

@@ -17,6 +17,7 @@ import torch
 
 from ..bundle import IOSpec
 from .base import Converted
+from .recipes import Recipe, get_recipe
 
 
 @contextlib.contextmanager
@@ -37,7 +38,7 @@ def _quiet():
 _ADD_OPS = ("aten.add.Tensor", "aten.add_.Tensor")
 
 
-def _int8_quantizer():
+def _int8_quantizer(observer: str = "histogram"):
     """litert-torch's PT2E quantizer, plus an annotation for every residual add.
 
     litert-torch (0.10) annotates an add through its source partition and marks only the
@@ -69,11 +70,22 @@ def _int8_quantizer():
                     output_qspec=get_output_act_qspec(cfg), _annotated=True)
             return model
 
-    return Quantizer().set_global(pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
+    cfg = pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True)
+    if observer == "minmax":
+        import dataclasses
+
+        from torchao.quantization.pt2e.observer import MinMaxObserver
+
+        act = dataclasses.replace(cfg.input_activation,
+                                  observer_or_fake_quant_ctr=MinMaxObserver.with_args(eps=2**-12))
+        cfg = dataclasses.replace(cfg, input_activation=act, output_activation=act)
+    elif observer != "histogram":
+        raise ValueError(f"unknown activation observer {observer!r}")
+    return Quantizer().set_global(cfg)
 
 
 def convert(model: torch.nn.Module, size: int, channels: int, calib: list[np.ndarray] | None,
-            precision: str, out_dir: Path) -> Converted:
+            precision: str, out_dir: Path, recipe: Recipe | None = None) -> Converted:
     import litert_torch
 
     model = model.eval()
@@ -88,7 +100,8 @@ def convert(model: torch.nn.Module, size: int, channels: int, calib: list[np.nda
             from litert_torch.quantize.quant_config import QuantConfig
             from torchao.quantization.pt2e import quantize_pt2e
 
-            quantizer = _int8_quantizer()
+            recipe = recipe or get_recipe("litert")
+            quantizer = _int8_quantizer(recipe.params.get("observer", "histogram"))
             exported = torch.export.export(nhwc_model, sample).module()
             prepared = quantize_pt2e.prepare_pt2e(exported, quantizer)
             with torch.no_grad():
@@ -96,8 +109,7 @@ def convert(model: torch.nn.Module, size: int, channels: int, calib: list[np.nda
                     prepared(torch.from_numpy(np.ascontiguousarray(np.transpose(x[None], (0, 2, 3, 1)))))
             converted = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
             edge = litert_torch.convert(converted, sample, quant_config=QuantConfig(pt2e_quantizer=quantizer))
-            details = {"quantization": "PT2E static: int8 per-channel symmetric weights, int8 per-tensor "
-                                       "activations (histogram observer), int8 input/output",
+            details = {"quantization": f"{recipe.name}: {recipe.description}", "recipe": recipe.to_dict(),
                        "calibration_images": len(calib or [])}
         edge.export(str(out_dir / "model.tflite"))
     del nchw

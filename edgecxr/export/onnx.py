@@ -2,7 +2,8 @@
 
 int8: ONNX Runtime static quantisation, QDQ format, symmetric int8 activations
 and weights (zero point 0), per-channel weights, calibrated on the
-calibration set.  TensorRT builds an explicitly quantised engine from the Q/DQ
+calibration set; weights in 7 bits by default so that x86 CPUs without VNNI
+do not saturate (recipes.py).  TensorRT builds an explicitly quantised engine from the Q/DQ
 nodes; ONNX Runtime's CPU provider runs the same file elsewhere.
 """
 
@@ -18,10 +19,11 @@ import torch
 
 from ..bundle import IOSpec
 from .base import Converted
+from .recipes import Recipe, get_recipe
 
 
 def convert(model: torch.nn.Module, size: int, channels: int, calib: list[np.ndarray] | None,
-            precision: str, out_dir: Path) -> Converted:
+            precision: str, out_dir: Path, recipe: Recipe | None = None) -> Converted:
     import onnx
     import onnxruntime as ort
 
@@ -54,14 +56,29 @@ def convert(model: torch.nn.Module, size: int, channels: int, calib: list[np.nda
             def get_next(self):
                 return next(self._it, None)
 
+        recipe = recipe or get_recipe("onnxruntime")
+        rp = recipe.params
+        method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                  "entropy": CalibrationMethod.Entropy}[rp.get("calibrate_method", "minmax")]
+        extra = {"ActivationSymmetric": True, "WeightSymmetric": True}
+        if method == CalibrationMethod.Percentile:
+            extra["CalibPercentile"] = float(rp.get("percentile", 99.999))
+        exclude = []
+        if rp.get("float_classifier"):
+            # the last Gemm (the classifier) and its logits stay float: TensorRT runs an unquantized
+            # layer in fp16/fp32 inside an explicitly quantized engine
+            exclude = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type in ("Gemm", "MatMul")][-1:]
         quantize_static(str(pre), str(out_dir / "model.onnx"), Reader(), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax,
-                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+                        nodes_to_exclude=exclude,
+                        per_channel=True, reduce_range=bool(rp.get("reduce_range", True)),
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=method, extra_options=extra)
         fp32.unlink()
         pre.unlink()
-        details["quantization"] = ("ONNX Runtime static QDQ: symmetric int8 activations and per-channel "
-                                   "int8 weights, zero point 0 (TensorRT explicit quantisation), MinMax calibration")
+        for leftover in out_dir.glob("*.onnx.data"):
+            leftover.unlink()
+        details["quantization"] = f"{recipe.name}: {recipe.description}"
+        details["recipe"] = recipe.to_dict()
         details["calibration_images"] = len(calib or [])
     m = onnx.load(str(out_dir / "model.onnx"))
     ops: dict[str, int] = {}

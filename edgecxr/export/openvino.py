@@ -1,4 +1,4 @@
-"""PyTorch -> OpenVINO IR; int8 with NNCF post-training quantisation."""
+"""PyTorch -> OpenVINO IR; int8 with NNCF post-training quantisation (recipe: see recipes.py)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import torch
 
 from ..bundle import IOSpec
 from .base import Converted
+from .recipes import Recipe, get_recipe
 
 
 def convert(model: torch.nn.Module, size: int, channels: int, calib: list[np.ndarray] | None,
-            precision: str, out_dir: Path) -> Converted:
+            precision: str, out_dir: Path, recipe: Recipe | None = None) -> Converted:
     import openvino as ov
 
     example = torch.zeros(1, channels, size, size)
@@ -27,10 +28,24 @@ def convert(model: torch.nn.Module, size: int, channels: int, calib: list[np.nda
         import nncf
 
         logging.getLogger("nncf").setLevel(logging.ERROR)
+        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+        from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+        recipe = recipe or get_recipe("openvino")
+        rp = recipe.params
+        adv: dict = {"overflow_fix": {"enable": OverflowFix.ENABLE, "first_layer": OverflowFix.FIRST_LAYER,
+                                      "disable": OverflowFix.DISABLE}[rp.get("overflow_fix", "enable")]}
+        if rp.get("activations_range"):
+            adv["activations_range_estimator_params"] = getattr(RangeEstimatorParametersSet,
+                                                                rp["activations_range"].upper())
         data = nncf.Dataset([x[None].astype(np.float32) for x in calib or []])
-        ovm = nncf.quantize(ovm, data, subset_size=len(calib or []), preset=nncf.QuantizationPreset.PERFORMANCE)
-        details["quantization"] = ("NNCF post-training quantisation, preset PERFORMANCE (symmetric int8 "
-                                   "weights per channel and activations)")
+        preset = {"performance": nncf.QuantizationPreset.PERFORMANCE,
+                  "mixed": nncf.QuantizationPreset.MIXED}[rp.get("preset", "performance")]
+        ovm = nncf.quantize(ovm, data, subset_size=len(calib or []), preset=preset,
+                            fast_bias_correction=bool(rp.get("fast_bias_correction", True)),
+                            advanced_parameters=AdvancedQuantizationParameters(**adv))
+        details["quantization"] = f"{recipe.name}: {recipe.description}"
+        details["recipe"] = recipe.to_dict()
         details["calibration_images"] = len(calib or [])
         versions["nncf"] = nncf.__version__
     ov.save_model(ovm, str(out_dir / "model.xml"), compress_to_fp16=False)

@@ -1,0 +1,223 @@
+"""Int8 that holds on every CPU and on shifted images: saturation-safe recipes, the stress gate,
+paired validation against the fp32 twin, and records that tell CPU kinds apart.
+
+Everything runs the real runtimes on the real tiny model and real X-rays (tests/data)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from .conftest import CALIB, MINI, TINY, assert_clean_error, run_cli
+
+
+# ------------------------------------------------------------------ recipes: no 16-bit saturation
+def test_default_recipes_are_saturation_safe(bundles):
+    """x86 without VNNI adds u8 x s8 pairs in 16 bits: 2 x 255 x 64 fits, 2 x 255 x 127 does not.
+    The files themselves must carry 7-bit weights wherever such a kernel runs, whatever CPU made them."""
+    import onnx
+    import openvino as ov
+
+    from edgecxr.export.recipes import DEFAULTS, get_recipe
+
+    for backend, name in DEFAULTS.items():
+        assert get_recipe(backend).saturation_safe, name
+    for key in ("rpi-int8", "nuc-int8", "jetson-int8"):
+        m = json.loads((bundles[key] / "manifest.json").read_text())
+        r = m["conversion"]["recipe"]
+        assert r["name"] == DEFAULTS[m["backend"]] and r["saturation_safe"], r
+    # ONNX (Jetson; ONNX Runtime's CPU provider on x86 elsewhere): every int8 weight within 7 bits
+    g = onnx.load(str(bundles["jetson-int8"] / "model.onnx")).graph
+    ws = [onnx.numpy_helper.to_array(i) for i in g.initializer
+          if i.data_type == onnx.TensorProto.INT8 and not i.name.endswith("zero_point")]
+    assert len(ws) > 40 and max(int(np.abs(w).max()) for w in ws) <= 64
+    # OpenVINO: convolution and matmul weights within 7 bits (depthwise convolutions do not add pairs)
+    model = ov.Core().read_model(str(bundles["nuc-int8"] / "model.xml"))
+    seen = {"Convolution": 0, "GroupConvolution": 0, "MatMul": 0}
+    for op in model.get_ops():
+        if op.get_type_name() != "Constant" or op.get_element_type() != ov.Type.i8:
+            continue
+        n = op
+        while n.get_type_name() not in seen:
+            n = next(iter(n.outputs()[0].get_target_inputs())).get_node()
+        seen[n.get_type_name()] += 1
+        if n.get_type_name() != "GroupConvolution":
+            assert int(np.abs(op.get_data()).max()) <= 64, n.get_friendly_name()
+    assert seen["Convolution"] > 20 and seen["MatMul"] == 1
+
+
+def test_unknown_recipe_is_a_clear_error(tmp_path):
+    p = run_cli("export", TINY, "--target", "nuc", "--precision", "int8", "--quant", "magic", "--data", MINI,
+                "--calibration", CALIB, "--out", tmp_path / "d")
+    assert_clean_error(p, "unknown int8 recipe", "minmax-bc")
+    assert not (tmp_path / "d").exists() or not any((tmp_path / "d").iterdir())
+
+
+def test_saturating_recipe_is_recorded_as_such(tmp_path):
+    """The old default stays available by name, and its manifest says it saturates without VNNI."""
+    p = run_cli("export", TINY, "--target", "jetson", "--precision", "int8", "--quant", "minmax", "--data", MINI,
+                "--calibration", CALIB, "--out", tmp_path)
+    assert p.returncode == 0, p.stderr
+    m = json.loads((tmp_path / "jetson-orin-nano-int8" / "manifest.json").read_text())
+    assert m["conversion"]["recipe"] == {**m["conversion"]["recipe"], "name": "minmax", "saturation_safe": False}
+    assert "SATURATES" in m["conversion"]["quantization"]
+
+
+# ------------------------------------------------------------------ the stress gate
+def _floor_calibration(dst: Path, floor: int) -> Path:
+    """A deliberately poor calibration set: the calibration images with no pixel darker than ``floor``
+    (as if every calibration film had been taken without black borders)."""
+    from PIL import Image
+
+    from edgecxr.calibrate import set_hash
+    from edgecxr.fsutil import sha256_file
+
+    shutil.copytree(CALIB, dst)
+    m = json.loads((dst / "manifest.json").read_text())
+    for it in m["items"]:
+        f = dst / it["path"]
+        with Image.open(f) as im:
+            a = np.asarray(im.convert("L"))
+        Image.fromarray(np.maximum(a, floor).astype(np.uint8)).save(f)
+        it["sha256"] = sha256_file(f)
+    m["sha256"] = set_hash([i["sha256"] for i in m["items"]])
+    (dst / "manifest.json").write_text(json.dumps(m))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def crop_stress(tmp_path_factory):
+    out = tmp_path_factory.mktemp("stress") / "crop"
+    p = run_cli("data", "stress", MINI, "--out", out, "--corruptions", "crop_pad", "--severity", "2,3")
+    assert p.returncode == 0, p.stderr
+    return out
+
+
+def test_gate_fails_on_a_corruption_a_poor_calibration_cannot_cover(bundles, crop_stress, tmp_path):
+    """LiteRT int8 (bit-identical on x86 and arm64, so this holds on every CPU kind).
+
+    Calibrated on films without black regions, the int8 model clips the activations that black
+    padding drives: it still agrees with fp32 on the reference images but not once the films are
+    shifted with black borders (crop_pad). The default calibration covers both."""
+    poor = _floor_calibration(tmp_path / "poor", 60)
+    dist = tmp_path / "dist"
+    p = run_cli("export", TINY, "--target", "rpi", "--precision", "int8", "--data", MINI, "--calibration", poor,
+                "--out", dist)
+    assert p.returncode == 0, p.stderr
+    shutil.copytree(bundles["rpi-fp32"], dist / "rpi4-fp32")  # its fp32 twin, found beside it
+    limits = ("--max-auc-drop", "0.03", "--min-agreement", "0.93")
+    details = tmp_path / "poor.json"
+    p = run_cli("gate", dist / "rpi4-int8", "--stress", crop_stress, *limits, "--details", details)
+    assert_clean_error(p, "gate failed", "stress:crop_pad")
+    rows = {r["images"]: r for r in json.loads(details.read_text())["rows"]}
+    assert rows["reference"]["verdict"] == "PASS", rows["reference"]
+    assert rows["stress:crop_pad"]["verdict"] == "FAIL" and rows["stress:crop_pad"]["n"] == 128
+    assert rows["stress:crop_pad"]["against"] == "twin rpi4-fp32"
+    assert rows["stress:crop_pad"]["mean_abs_diff"] > 2 * rows["reference"]["mean_abs_diff"]
+    # the default calibration passes the same gate, the twin given explicitly this time
+    details = tmp_path / "default.json"
+    summary = tmp_path / "gate.md"
+    p = run_cli("gate", bundles["rpi-int8"], "--stress", crop_stress, "--reference", bundles["rpi-fp32"], *limits,
+                "--details", details, "--summary", summary)
+    assert p.returncode == 0, p.stdout + p.stderr
+    d = json.loads(details.read_text())
+    assert [r["images"] for r in d["rows"]] == ["reference", "stress:crop_pad"]
+    assert list(d["stress"]["corruptions"]) == ["crop_pad"] and d["stress"]["severities"] == [2, 3]
+    assert "stress:crop_pad" in summary.read_text() and "seed 0" in summary.read_text()
+    pair = next(x for x in d["pairs"] if x["images"] == "stress:crop_pad")
+    assert len(pair["p"]) == len(pair["p_fp32"]) == len(pair["severity"]) == 128
+
+
+def test_stress_gate_needs_a_twin(bundles, crop_stress, tmp_path):
+    alone = tmp_path / "alone"
+    shutil.copytree(bundles["nuc-int8"], alone / "nuc-int8")
+    p = run_cli("gate", alone / "nuc-int8", "--stress", crop_stress, "--max-auc-drop", "1", "--min-agreement", "0")
+    assert_clean_error(p, "gate failed", "no fp32 twin")
+
+
+# ------------------------------------------------------------------ paired validation on a site's images
+def test_paired_validation_on_a_sites_own_images(bundles, crop_stress, tmp_path):
+    """A site's labelled folder that the bundle has no float reference for: the int8 bundle is
+    paired with its fp32 twin on the board, by sha256, with DeLong's test and the flipped files."""
+    site = crop_stress / "crop_pad-s3"  # any labelled folder will do: these images are in no manifest
+    results = tmp_path / "results"
+    p = run_cli("bench", bundles["jetson-int8"], "--data", site, "--reference", bundles["jetson-fp32"],
+                "--iterations", "3", "--warmup", "1", "--results", results, "--device", "site")
+    assert p.returncode == 0, p.stderr
+    assert "vs fp32 twin" in p.stdout
+    rec = json.loads((results / "site.jsonl").read_text().splitlines()[0])
+    v = rec["vs_float"]
+    assert v["against"] == "fp32 twin bundle" and v["matched"] == v["n"] == 64
+    assert {"auc_drop", "delong_p", "label_agreement", "flipped", "reference_manifest_sha256"} <= set(v)
+    assert all(f["path"].endswith(".png") for f in v["flipped"])
+    p = run_cli("gate", bundles["jetson-int8"], "--data", site, "--reference", bundles["jetson-fp32"],
+                "--max-auc-drop", "0.05", "--min-agreement", "0.9")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "twin jetson-orin-nano-fp32" not in p.stdout or "| data |" in p.stdout
+    # without a twin, images the manifest does not cover cannot be judged
+    alone = tmp_path / "alone"
+    shutil.copytree(bundles["jetson-int8"], alone / "jetson-orin-nano-int8")
+    assert_clean_error(run_cli("gate", alone / "jetson-orin-nano-int8", "--data", site), "no fp32 twin")
+
+
+def test_twin_from_another_checkpoint_is_refused(bundles, tmp_path):
+    other = tmp_path / "other-fp32"
+    shutil.copytree(bundles["jetson-fp32"], other)
+    m = json.loads((other / "manifest.json").read_text())
+    m["source"]["checkpoint_sha256"] = "0" * 64
+    (other / "manifest.json").write_text(json.dumps(m))
+    p = run_cli("bench", bundles["jetson-int8"], "--data", MINI, "--reference", other, "--no-store",
+                "--iterations", "2", "--warmup", "0")
+    assert_clean_error(p, "not the fp32 twin", "another checkpoint")
+    p = run_cli("bench", bundles["jetson-int8"], "--data", MINI, "--reference", bundles["nuc-int8"], "--no-store")
+    assert_clean_error(p, "must be an fp32 bundle")
+
+
+# ------------------------------------------------------------------ records that tell CPU kinds apart
+@pytest.mark.parametrize("machine,flags,isa", [
+    ("x86_64", {"avx2"}, "avx2"),
+    ("x86_64", {"avx2", "avx512f", "avx512_vnni"}, "avx512vnni"),
+    ("x86_64", {"avx2", "avx512_vnni", "amx_tile", "amx_int8"}, "amx"),
+    ("x86_64", {"avx2", "avx_vnni"}, "avxvnni"),
+    ("aarch64", {"asimd"}, "neon"),
+    ("aarch64", {"asimd", "asimddp"}, "neon-dotprod"),
+    ("aarch64", {"asimd", "asimddp", "i8mm"}, "neon-i8mm"),
+])
+def test_int8_isa_classes(machine, flags, isa):
+    from edgecxr.sysinfo import INT8_ISA_NOTES, int8_isa
+
+    assert int8_isa(flags, machine) == isa and INT8_ISA_NOTES[isa]
+
+
+def test_records_carry_the_isa_and_report_keeps_cpu_kinds_apart(bundles, tmp_path):
+    from edgecxr.bench import BenchConfig, run, store, subject_from_bundle
+    from edgecxr.report import latest_per_subject
+    from edgecxr.sysinfo import default_device_name, int8_isa
+
+    rec = run(subject_from_bundle(bundles["nuc-int8"]), MINI, BenchConfig(iterations=2, warmup=0))
+    here = int8_isa()
+    assert rec["device"] == default_device_name() and rec["device"].endswith(f"-{here}")
+    assert rec["device_facts"]["int8_isa"] == here and rec["device_facts"]["int8_isa_note"]
+    # two machines that an older default name called the same: one AVX2-only, one with VNNI
+    a = json.loads(json.dumps(rec))
+    b = json.loads(json.dumps(rec))
+    for r, flags in ((a, ["avx2"]), (b, ["avx2", "avx512_vnni", "avx512f"])):
+        r["device"] = "x86_64-amd-epyc-2c"
+        r["device_facts"] = {k: v for k, v in r["device_facts"].items() if not k.startswith("int8_isa")}
+        r["device_facts"].update(machine="x86_64", cpu_flags=flags)
+    b["time"] = "2099-01-01T00:00:00+00:00"
+    results = tmp_path / "results"
+    store(a, results)
+    store(b, results)
+    assert sorted(latest_per_subject([a, b])) == ["x86_64-amd-epyc-2c-avx2", "x86_64-amd-epyc-2c-avx512vnni"]
+    assert list(latest_per_subject([a])) == ["x86_64-amd-epyc-2c"]  # one kind: the name is kept
+    out = tmp_path / "RESULTS.md"
+    p = run_cli("report", "--results", results, "--out", out)
+    assert p.returncode == 0, p.stderr
+    text = out.read_text()
+    assert "## x86_64-amd-epyc-2c-avx2" in text and "## x86_64-amd-epyc-2c-avx512vnni" in text
+    assert "saturate" in text and "32-bit int8 accumulation" in text
