@@ -102,59 +102,210 @@ def ratio_lines(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+# Plot styles shared by the latency and ROC pictures: colour = precision (Okabe-Ito, safe for the
+# common colour-vision deficiencies), marker / line style = backend, hollow marker = pruned model.
+_PREC_COLORS = {"int8": "#0072B2", "fp32": "#E69F00", "fp16": "#009E73"}
+_BACKEND_MARKERS = {"litert": "o", "openvino": "s", "onnxruntime": "^", "torch": "D"}
+_BACKEND_LINES = {"litert": "-", "openvino": "--", "onnxruntime": ":", "torch": "-."}
+_OTHER_COLOR, _OTHER_MARKER, _OTHER_LINE = "#CC79A7", "P", (0, (5, 1, 1, 1, 1, 1))
+
+
+def _is_pruned(name: str) -> bool:
+    return "pruned" in name.lower()
+
+
+def _style(backend: str, precision: str) -> tuple[str, str, Any]:
+    """(colour, marker, line style) of a bundle."""
+    return (_PREC_COLORS.get(precision, _OTHER_COLOR), _BACKEND_MARKERS.get(backend, _OTHER_MARKER),
+            _BACKEND_LINES.get(backend, _OTHER_LINE))
+
+
+def _overlaps(rows: list[dict[str, Any]], tol: float = 0.03) -> list[list[dict[str, Any]]]:
+    """Groups of two or more points within ``tol`` decades of each other in both size and latency."""
+    import math
+
+    groups: list[list[dict[str, Any]]] = []
+    for x in sorted(rows, key=lambda x: (x["size_mb"], x["p50"])):
+        for g in groups:
+            if any(abs(math.log10(x["size_mb"] / m["size_mb"])) < tol and abs(math.log10(x["p50"] / m["p50"])) < tol
+                   for m in g):
+                g.append(x)
+                break
+        else:
+            groups.append([x])
+    return [g for g in groups if len(g) > 1]
+
+
+def _plain_log_ticks(ax) -> None:
+    """Log axes labelled 0.5, 1, 2 rather than 5x10^-1; minor ticks labelled too where an axis spans little."""
+    import math
+
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    fmt = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.autoscale_view()
+    for axis, (a, b) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+        axis.set_major_formatter(fmt)
+        axis.set_minor_formatter(fmt if math.log10(b / a) < 1.3 else NullFormatter())
+        axis.set_tick_params(which="both", labelsize=8)
+
+
+def _plot_latency_size(plt, dev: str, rows: list[dict[str, Any]], path: Path) -> None:
+    from matplotlib.colors import to_rgba
+    from matplotlib.lines import Line2D
+
+    from .plots import _save
+
+    fig, (ax, lax) = plt.subplots(1, 2, figsize=(8.2, 4.6), gridspec_kw={"width_ratios": [4.2, 1]})
+    by_name = {x["name"]: x for x in rows}
+    # a thin line from each fp32 bundle to its int8 twin: what quantization buys on this backend
+    for x in rows:
+        if x["precision"] == "int8" and x["name"].endswith("-int8"):
+            t = by_name.get(x["name"][:-len("int8")] + "fp32")
+            if t is not None:
+                ax.plot([t["size_mb"], x["size_mb"]], [t["p50"], x["p50"]], color="0.78", lw=0.8, zorder=1)
+    for x in rows:
+        color, marker, _ = _style(x["backend"], x["precision"])
+        # translucent fill, solid edge: markers at the same place (same size and speed) stay readable
+        face = "none" if _is_pruned(x["name"]) else to_rgba(color, 0.55)
+        ax.scatter(x["size_mb"], x["p50"], s=58, marker=marker, zorder=3, facecolors=face, edgecolors=color,
+                   linewidths=1.7)
+        if x["name"].startswith("baseline-"):
+            ax.annotate(x["name"], (x["size_mb"], x["p50"]), fontsize=7.5, xytext=(-8, 0), textcoords="offset points",
+                        ha="right", va="center")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    for members in _overlaps(rows):
+        # markers on top of each other: one small note lists them instead of a pile of labels
+        x0 = max(m["size_mb"] for m in members)
+        y0 = sorted(m["p50"] for m in members)[len(members) // 2]
+        text = "\n".join(f"{m['backend']} {m['precision']}{' pruned' if _is_pruned(m['name']) else ''}: "
+                         f"{m['p50']:.2f} ms" for m in sorted(members, key=lambda m: -m["p50"]))
+        ax.annotate(text, (x0, y0), xytext=(12, 0), textcoords="offset points", fontsize=7, ha="left",
+                    va="center", color="0.2", bbox={"boxstyle": "round,pad=0.25", "fc": "white", "ec": "0.8", "lw": 0.5},
+                    arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.5}, zorder=5)
+    _plain_log_ticks(ax)
+    ax.grid(True, which="major", color="0.88", lw=0.6)
+    ax.grid(True, which="minor", color="0.95", lw=0.4)
+    ax.set_axisbelow(True)
+    ax.set_xlabel("model size on disk (MB, log)")
+    ax.set_ylabel("p50 latency, batch 1 (ms, log)")
+    ax.set_title(f"{dev}: latency against size", fontsize=11)
+    backends = list(OrderedDict.fromkeys(x["backend"] for x in rows))
+    precs = list(OrderedDict.fromkeys(x["precision"] for x in rows))
+    grey = "0.35"
+    h_backend = [Line2D([], [], ls="", marker=_style(b, "")[1], ms=7, mfc=to_rgba(grey, 0.55), mec=grey, mew=1.4,
+                        label=b) for b in backends]
+    h_prec = [Line2D([], [], ls="", marker="o", ms=7, mfc=to_rgba(_style("", p)[0], 0.55), mec=_style("", p)[0],
+                     mew=1.4, label=p) for p in precs]
+    h_fill = [Line2D([], [], ls="", marker="o", ms=7, mfc=to_rgba(grey, 0.55), mec=grey, mew=1.4, label="full"),
+              Line2D([], [], ls="", marker="o", ms=7, mfc="none", mec=grey, mew=1.4, label="pruned")]
+    if any(x["precision"] == "int8" and by_name.get(x["name"][:-len("int8")] + "fp32") for x in rows):
+        h_fill.append(Line2D([], [], color="0.78", lw=0.8, label="fp32–int8 twins"))
+    lax.set_axis_off()
+    y = 1.0
+    for title, hs in (("backend: shape", h_backend), ("precision: colour", h_prec), ("model: fill", h_fill)):
+        leg = lax.legend(handles=hs, title=title, loc="upper left", bbox_to_anchor=(0.0, y), fontsize=8,
+                         title_fontsize=8, frameon=False, alignment="left", borderaxespad=0, handletextpad=0.4)
+        lax.add_artist(leg)
+        y -= 0.062 * (len(hs) + 1) + 0.05
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def _plot_roc(plt, dev: str, rocs: list[dict[str, Any]], path: Path) -> None:
+    import numpy as np
+
+    from .metrics import roc_curve
+    from .plots import _save
+
+    groups = [(t, [r for r in rocs if _is_pruned(r["subject"]["name"]) == pr])
+              for t, pr in (("full models", False), ("pruned models", True))]
+    groups = [g for g in groups if g[1]]
+    fig, axes = plt.subplots(len(groups), 2, figsize=(8.4, 4.6 * len(groups)), squeeze=False,
+                             gridspec_kw={"width_ratios": [1.7, 1]})
+    for (ax, side), (title, recs) in zip(axes, groups, strict=True):
+        curves, refs = [], {}
+        for r in recs:
+            v = r["vs_float"]
+            y = np.asarray(v["labels"])
+            if v.get("float_probs"):
+                fp = np.asarray(v["float_probs"], dtype=float)
+                key = (y.tobytes(), np.round(fp, 6).tobytes())
+                if key not in refs:  # each distinct fp32 reference once
+                    refs[key] = (roc_curve(y, fp)[:2], v.get("auc_float"))
+            curves.append((r, roc_curve(y, np.asarray(v["probs"], dtype=float))[:2]))
+        # zoom: the top-left corner, widened when a curve is still below it at FPR 0.3
+        lo = 0.7
+        for fpr, tpr in [c for c, _ in refs.values()] + [c for _, c in curves]:
+            lo = min(lo, float(np.floor((np.interp(0.3, fpr, tpr) - 0.05) * 10) / 10))
+        lo = max(lo, 0.0)
+        # beside the zoom: the full curve (small, on top) and the legend (below it)
+        full = side.inset_axes([0.16, 0.56, 0.8, 0.42])
+        side.set_axis_off()
+        for (fpr, tpr), auc in refs.values():
+            lab = "PyTorch fp32 reference" + (f"\nAUC {auc:.4f}" if auc is not None else "")
+            for a in (ax, full):
+                a.plot(fpr, tpr, color="black", lw=3.2, alpha=0.25, label=lab if a is ax else None, zorder=2,
+                       solid_capstyle="butt")
+        names = [f"{r['subject']['backend']} {r['subject']['precision']}" for r, _ in curves]
+        for (r, (fpr, tpr)), short in zip(curves, names, strict=True):
+            s, v = r["subject"], r["vs_float"]
+            color, marker, ls = _style(s["backend"], s["precision"])
+            lab = (short if names.count(short) == 1 else s["name"]) + (f" AUC {v['auc']:.4f}" if v.get("auc") is not None else "")
+            for a in (ax, full):
+                a.plot(fpr, tpr, color=color, ls=ls, lw=1.4 if a is ax else 0.9, zorder=3,
+                       label=lab if a is ax else None)
+            acc = r.get("accuracy") or {}
+            if acc.get("sensitivity") is not None and acc.get("specificity") is not None:
+                ax.plot([1 - acc["specificity"]], [acc["sensitivity"]], ls="", marker=marker, ms=6.5, mfc=color,
+                        mec="black", mew=0.5, zorder=4)
+        ax.set_xlim(0, 0.3)
+        ax.set_ylim(lo, 1.0 + (1.0 - lo) * 0.02)
+        ax.set_xlabel("1 - specificity (false-positive rate)")
+        ax.set_ylabel("sensitivity (true-positive rate)")
+        ax.grid(True, color="0.92", lw=0.6)
+        ax.set_title(f"{title} (n {len(recs[0]['vs_float']['labels'])}): top-left corner", fontsize=10)
+        handles, labels = ax.get_legend_handles_labels()
+        side.legend(handles, labels, loc="upper left", bbox_to_anchor=(0.0, 0.44), fontsize=7.5, frameon=False,
+                    title="colour: precision, line: backend\nmarker: operating point", title_fontsize=7.5,
+                    alignment="left", borderaxespad=0)
+        full.plot([0, 1], [0, 1], color="0.6", lw=0.6, ls=":")
+        full.add_patch(plt.Rectangle((0, lo), 0.3, 1 - lo, fill=False, ec="0.3", lw=0.8, ls="--"))
+        full.set_xlim(0, 1)
+        full.set_ylim(0, 1.01)
+        full.set_xticks([0, 0.5, 1])
+        full.set_yticks([0, 0.5, 1])
+        full.tick_params(labelsize=7, length=2)
+        full.set_title("full ROC (dashed box: the zoom)", fontsize=8, pad=3)
+    fig.suptitle(f"{dev}: ROC of the exported bundles against their float reference", fontsize=11)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
 def plot_device(dev: str, recs: OrderedDict[str, dict[str, Any]], out_dir: Path) -> list[Path]:
+    """``<dev>-latency-size.png`` and ``<dev>-roc.png`` in ``out_dir`` (those that have data); [] without matplotlib."""
     try:
-        from .plots import _plt, _save
+        from .plots import _plt
     except ImportError:
         return []
     try:
         plt = _plt()
     except ImportError:
         return []
-    import numpy as np
-
-    from .metrics import roc_curve
 
     paths = []
     rows = [row(r) for r in recs.values() if (r.get("latency_ms") or {}).get("p50")]
     if rows:
-        fig, ax = plt.subplots(figsize=(6.4, 4.4))
-        colors = {"int8": "tab:blue", "fp32": "tab:orange"}
-        for x in rows:
-            ax.scatter(x["size_mb"], x["p50"], color=colors.get(x["precision"], "grey"), s=40)
-            lab = f"{x['name']}" + (f"\nAUC {x['auc']:.3f}" if x["auc"] is not None else "")
-            ax.annotate(lab, (x["size_mb"], x["p50"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("model size on disk (MB, log)")
-        ax.set_ylabel("p50 latency, batch 1 (ms, log)")
-        ax.set_title(f"{dev}: latency against size (blue int8, orange fp32)")
         p = out_dir / f"{dev}-latency-size.png"
-        _save(fig, p)
-        plt.close(fig)
+        _plot_latency_size(plt, dev, rows, p)
         paths.append(p)
     rocs = [r for r in recs.values() if (r.get("vs_float") or {}).get("probs")]
     if rocs:
-        fig, ax = plt.subplots(figsize=(5.2, 5))
-        drawn_float = False
-        for r in rocs:
-            v = r["vs_float"]
-            y = np.array(v["labels"])
-            if not drawn_float:
-                fpr, tpr, _ = roc_curve(y, np.array(v["float_probs"]))
-                ax.plot(fpr, tpr, "k-", lw=2, label=f"PyTorch fp32 AUC {v['auc_float']:.4f}")
-                drawn_float = True
-            fpr, tpr, _ = roc_curve(y, np.array(v["probs"]))
-            ax.plot(fpr, tpr, lw=1, ls="--" if r["subject"]["precision"] == "int8" else ":",
-                    label=f"{r['subject']['name']} AUC {v['auc']:.4f}")
-        ax.plot([0, 1], [0, 1], "k:", lw=0.6)
-        ax.set_xlabel("1 - specificity")
-        ax.set_ylabel("sensitivity")
-        ax.set_title(f"{dev}: ROC, float against exported bundles")
-        ax.legend(fontsize=7, loc="lower right")
         p = out_dir / f"{dev}-roc.png"
-        _save(fig, p)
-        plt.close(fig)
+        _plot_roc(plt, dev, rocs, p)
         paths.append(p)
     return paths
 
