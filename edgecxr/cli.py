@@ -261,6 +261,7 @@ def export(
     quant: Annotated[str | None, typer.Option(help="int8 recipe (default: the backend's measured winner; see benchmarks/quantization.md): "
                                               "openvino minmax-bc|histogram-bc|nncf-ofix|nncf-default, onnxruntime minmax-rr|percentile-rr|entropy-rr|minmax, "
                                               "litert pt2e-histogram|pt2e-minmax")] = None,
+    calib_stress: Annotated[bool, typer.Option(help="Also calibrate on one seeded stress-corrupted copy of each calibration image")] = False,
 ):
     """Export a checkpoint to a board's runtime as a self-describing bundle (+ one .tar to copy).
 
@@ -285,7 +286,7 @@ def export(
         precs = ["int8", "fp32"] if precision == "both" else [precision or tgt.precision]
         for p in precs:
             s = export_bundle(checkpoint, tgt, p, out, split, data, calibration, force, log=info, eval_set=ev,
-                              quant=quant if p == "int8" else None)
+                              quant=quant if p == "int8" else None, calib_stress=int(calib_stress))
             _print_export(s)
 
 

@@ -108,7 +108,7 @@ def demo(models_dir: Path = ROOT / "models", eval_dir: Path = ROOT / "data" / "k
          calibration: Path = ROOT / "calibration" / "kermany224", dist: Path = ROOT / "dist",
          results: Path = ROOT / "benchmarks" / "results", report_out: Path = ROOT / "benchmarks" / "RESULTS.md",
          device: str | None = None, iterations: int = 100, baseline: str | None = "densenet121",
-         max_auc_drop: float = 0.005, min_agreement: float = 0.98, stress_images: int = 150, log=print) -> int:
+         max_auc_drop: float = 0.005, min_agreement: float = 0.98, stress_images: int = 100, log=print) -> int:
     from .backends.torchref import subject_baseline, subject_from_checkpoint
     from .export import export_bundle, load_eval_set
     from .gate import gate

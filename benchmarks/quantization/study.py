@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--severity", default="1,2,3")
     ap.add_argument("--targets", default="rpi,nuc,jetson")
     ap.add_argument("--recipes", default="", help="limit to these recipe names (comma separated)")
+    ap.add_argument("--calib-stress", default="", help="also run these recipes calibrated with stress-corrupted copies")
     ap.add_argument("--iterations", type=int, default=50)
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "quant-study")
     ap.add_argument("--results-dir", type=Path, default=HERE)
@@ -78,13 +79,16 @@ def main(argv: list[str] | None = None) -> int:
         out = a.work / mname
         int8s, fp32s = [], []
         for t in targets:
-            plan = [("fp32", None)] + [("int8", r) for r in recipe_names(TARGETS[t]) if not only or r in only]
-            for prec, rec in plan:
-                name = f"{mname}-{NAMES[t]}-{prec}" + (f"-{rec}" if rec else "")
+            cs_names = {r for r in a.calib_stress.split(",") if r}
+            plan = [("fp32", None, 0)] + [("int8", r, 0) for r in recipe_names(TARGETS[t]) if not only or r in only]
+            plan += [("int8", r, 1) for r in recipe_names(TARGETS[t]) if r in cs_names]
+            for prec, rec, cs in plan:
+                name = f"{mname}-{NAMES[t]}-{prec}" + (f"-{rec}" if rec else "") + ("-cs" if cs else "")
                 if not (out / name / "manifest.json").exists():
                     print(f"export {name}", flush=True)
                     export_bundle(ck, t, prec, out, data=a.data, calibration=a.calibration, force=True,
-                                  name=name, log=lambda *_: None, archive=False, eval_set=ev, quant=rec)
+                                  name=name, log=lambda *_: None, archive=False, eval_set=ev, quant=rec,
+                                  calib_stress=cs)
                 (int8s if prec == "int8" else fp32s).append(out / name)
         details = out / "gate.json"
         print(f"gate {len(int8s)} int8 bundles of {mname} on validation + stress", flush=True)
@@ -121,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             worst_drop = max(st, key=lambda r: r["auc_drop"]) if st else None
             results.append({
                 "model": mname, "target": NAMES[next(t for t in targets if TARGETS[t] == subj.backend)],
-                "backend": subj.backend, "recipe": m["conversion"]["recipe"]["name"],
+                "backend": subj.backend,
+                "recipe": m["conversion"]["recipe"]["name"] + (" + stress calib" if (m.get("calibration") or {}).get("stress_augmented") else ""),
                 "saturation_safe": m["conversion"]["recipe"]["saturation_safe"],
                 "size_mb": subj.model_bytes / 1e6, "p50_ms": lat["p50"],
                 "ref": {k: ref[k] for k in ("n", "agreement", "auc_drop", "mean_abs_diff", "max_abs_diff")} if ref else None,

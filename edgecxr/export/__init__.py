@@ -100,7 +100,8 @@ def export_bundle(checkpoint: str | Path, target: str | Target, precision: str |
                   out_root: str | Path = "dist", split: str | Path | None = None, data: str | Path | None = None,
                   calibration: str | Path | None = "calibration/default", force: bool = False,
                   name: str | None = None, log=print, archive: bool = True,
-                  eval_set: EvalSet | None = None, quant: str | None = None) -> dict[str, Any]:
+                  eval_set: EvalSet | None = None, quant: str | None = None,
+                  calib_stress: int = 0) -> dict[str, Any]:
     from ..model import load_checkpoint
 
     t0 = time.time()
@@ -154,7 +155,21 @@ def export_bundle(checkpoint: str | Path, target: str | Target, precision: str |
         cs = load_calibration_set(calibration, forbid_sha256=set(ev.shas))
         calib_x = [preprocess_grey(g, pp) for g in cs.greys]
         calib_info = cs.summary()
-        log(f"calibration: {len(calib_x)} images from {calibration} (sha256 {cs.sha256[:12]})")
+        if calib_stress:
+            # one seeded stress corruption per calibration image (training images: nothing leaks
+            # from the validation stress set), added to the clean ones
+            from ..stress import CORRUPTIONS, corrupt, image_rng
+
+            names = sorted(CORRUPTIONS)
+            shas = [it["sha256"] for it in cs.manifest["items"]]
+            for i, (g, sha) in enumerate(zip(cs.greys, shas, strict=True)):
+                c, sev = names[i % len(names)], 1 + (i // len(names)) % 3
+                calib_x.append(preprocess_grey(corrupt(g, c, sev, image_rng(1000 + calib_stress, sha, c, sev)), pp))
+            calib_info["stress_augmented"] = {"copies": len(cs.greys), "seed": 1000 + calib_stress,
+                                              "rule": "image i: corruption i mod 10 (sorted names), severity "
+                                                      "1 + (i div 10) mod 3"}
+        log(f"calibration: {len(calib_x)} images from {calibration} (sha256 {cs.sha256[:12]})"
+            + (" incl. stress-corrupted copies" if calib_stress else ""))
 
     conv = importlib.import_module(CONVERTERS[tgt.backend])
     with atomic_dir(final, force=True) as tmp:
