@@ -49,9 +49,13 @@ clean:
 # (100 validation images x 10 corruptions x 3 severities, against the fp32 twin), per corruption.
 CI_MODEL ?= $(firstword $(wildcard models/mnv2-ref-pruned*.pt) models/mnv2-ref.pt)
 CI_STRESS_IMAGES ?= 100
+# stress rows known to fail with the shipped recipes (shown as KNOWN with their numbers; see
+# benchmarks/quantization.md); keep in step with KNOWN_STRESS_FAILURES in edgecxr/workflows.py
+CI_EXPECT_FAIL ?= litert:noise
 ci-gate: setup
 	$(BIN)/edgecxr export $(CI_MODEL) --target rpi,nuc,jetson --precision both \
 		--data data/kermany224-val --calibration calibration/kermany224 --out dist/ci --force
 	$(BIN)/edgecxr data stress data/kermany224-val --max-images $(CI_STRESS_IMAGES) --out dist/ci/stress --force
 	$(BIN)/edgecxr gate dist/ci/rpi4-int8 dist/ci/nuc-int8 dist/ci/jetson-orin-nano-int8 \
-		--stress dist/ci/stress --summary dist/ci/gate-summary.md --details dist/ci/gate.json
+		--stress dist/ci/stress --summary dist/ci/gate-summary.md --details dist/ci/gate.json \
+		$(foreach x,$(CI_EXPECT_FAIL),--expect-fail $(x))

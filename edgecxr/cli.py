@@ -404,6 +404,7 @@ def gate(
     summary: Annotated[Path | None, typer.Option(help="Markdown summary file (default: $GITHUB_STEP_SUMMARY if set)")] = None,
     details: Annotated[Path | None, typer.Option(help="Write every row and probability pair as JSON here (for `edgecxr plot-gate`)")] = None,
     threads: Annotated[int | None, typer.Option(help="Threads per runtime (default: the profile's, capped at the cores here)")] = None,
+    expect_fail: Annotated[list[str] | None, typer.Option(help="BACKEND:CORRUPTION known to fail (say which issue tracks it): shown as KNOWN, not failing the gate")] = None,
 ):
     """Fail (exit 1) when quantization costs more than allowed against the float model, on the
     reference images and, with --stress, on every corruption of the shift stress set.
@@ -420,7 +421,7 @@ def gate(
     from .gate import gate as run_gate
 
     run_gate(bundles, data, max_auc_drop, min_agreement, summary, log=typer.echo, stress=stress,
-             references=reference, details=details, threads=threads)
+             references=reference, details=details, threads=threads, expect_fail=expect_fail)
 
 
 @app.command()

@@ -120,7 +120,11 @@ def _stress_images(stress: Path, pp, cache: _Cache):
 def gate(bundles: list[str | Path], data: str | Path | None = None, max_auc_drop: float = 0.005,
          min_agreement: float = 0.98, summary: str | Path | None = None, log=print,
          stress: str | Path | None = None, references: list[str | Path] | None = None,
-         details: str | Path | None = None, threads: int | None = None) -> list[GateRow]:
+         details: str | Path | None = None, threads: int | None = None,
+         expect_fail: list[str] | None = None) -> list[GateRow]:
+    """``expect_fail``: ``BACKEND:CORRUPTION`` pairs known to fail (each with an open issue); their
+    rows are judged and shown as usual but marked KNOWN instead of failing the gate, and one that
+    passes is reported so that the exception can be removed."""
     from .paired import check_twins, compare, find_twin
 
     cache = _Cache(threads)
@@ -185,6 +189,12 @@ def gate(bundles: list[str | Path], data: str | Path | None = None, max_auc_drop
             pairs.append({"bundle": subj.name, "images": row.images, "threshold": thr,
                           "labels": s.y[idx].tolist(), "severity": sev[idx].tolist(),
                           "p_fp32": p_ref[idx].round(6).tolist(), "p": p[idx].round(6).tolist()})
+    known = {tuple(x.split(":", 1)) for x in (expect_fail or []) if ":" in x}
+    for r in rows:
+        if r.images.startswith("stress:") and (r.backend, r.images[7:]) in known:
+            r.verdict = "KNOWN" if r.verdict == "FAIL" else "PASS"
+            r.reason = (f"expected failure ({r.reason})" if r.verdict == "KNOWN"
+                        else "passes now: remove it from --expect-fail")
     text = render(rows, max_auc_drop, min_agreement, stress_meta)
     log(text)
     if summary is None and os.environ.get("GITHUB_STEP_SUMMARY"):
@@ -196,7 +206,7 @@ def gate(bundles: list[str | Path], data: str | Path | None = None, max_auc_drop
                                     "min_agreement": min_agreement,
                                     "stress": (stress_meta or {}).get("recipe"), "rows": to_dicts(rows),
                                     "pairs": pairs})
-    failed = [r for r in rows if r.verdict != "PASS"]
+    failed = [r for r in rows if r.verdict not in ("PASS", "KNOWN")]
     if failed:
         raise GateFailure(f"gate failed for {len(failed)} of {len(rows)} row(s): "
                           + "; ".join(f"{r.bundle} on {r.images}: {r.reason}" for r in failed[:6])
@@ -220,7 +230,7 @@ def render(rows: list[GateRow], max_auc_drop: float, min_agreement: float,
         lines.append(f"| {r.bundle} | {r.backend} | {r.images} | {r.n} | {r.auc_float:.4f} | {r.auc:.4f} | "
                      f"{r.auc_drop:+.4f} [{r.ci[0]:+.4f}, {r.ci[1]:+.4f}] | {r.p:.3f} | {r.agreement:.4f} | "
                      f"{r.mean_abs_diff:.4f} / {r.max_abs_diff:.3f} | "
-                     f"**{r.verdict}**{'' if r.verdict == 'PASS' else ': ' + r.reason} |")
+                     f"**{r.verdict}**{': ' + r.reason if r.verdict != 'PASS' or 'remove' in r.reason else ''} |")
     flips = [(r, f) for r in rows for f in r.flipped]
     if flips:
         lines += ["", f"Flipped calls ({len(flips)}; first 20):", ""]

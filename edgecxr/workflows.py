@@ -65,8 +65,20 @@ def verdicts_of(rows) -> dict[str, str]:
     """bundle -> FAIL if any of its rows (reference or a stress corruption) failed, else PASS."""
     out: dict[str, str] = {}
     for r in rows:
-        out[r.bundle] = "FAIL" if r.verdict != "PASS" or out.get(r.bundle) == "FAIL" else "PASS"
+        if r.verdict == "FAIL" or out.get(r.bundle) == "FAIL":
+            out[r.bundle] = "FAIL"
+        elif r.verdict == "KNOWN":
+            out[r.bundle] = f"PASS (known: {r.images[7:]})" if out.get(r.bundle, "PASS") == "PASS" else \
+                out[r.bundle][:-1] + f", {r.images[7:]})"
+        else:
+            out.setdefault(r.bundle, "PASS")
     return out
+
+
+# Stress rows known to fail with the shipped recipes, each tracked by an open issue (the gate still
+# shows their numbers): LiteRT full-integer int8 under heavy quantum noise (agreement 0.964-0.973
+# against fp32 in benchmarks/quantization.md). Keep in step with CI_EXPECT_FAIL in the Makefile.
+KNOWN_STRESS_FAILURES = ["litert:noise"]
 
 
 def _fmt(v, spec):
@@ -153,7 +165,8 @@ def demo(models_dir: Path = ROOT / "models", eval_dir: Path = ROOT / "data" / "k
     try:
         rows = gate(int8, eval_dir, max_auc_drop, min_agreement, stress=stress,
                     references=[b for b in bundles if b.name.endswith("-fp32")],
-                    summary=ROOT / "benchmarks" / "gate-summary.md", details=dist / "gate.json", log=lambda *_: None)
+                    summary=ROOT / "benchmarks" / "gate-summary.md", details=dist / "gate.json", log=lambda *_: None,
+                    expect_fail=KNOWN_STRESS_FAILURES)
     except GateFailure as e:
         failed = e
         rows = e.rows
