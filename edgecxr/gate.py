@@ -194,7 +194,7 @@ def gate(bundles: list[str | Path], data: str | Path | None = None, max_auc_drop
         if r.images.startswith("stress:") and (r.backend, r.images[7:]) in known:
             r.verdict = "KNOWN" if r.verdict == "FAIL" else "PASS"
             r.reason = (f"expected failure ({r.reason})" if r.verdict == "KNOWN"
-                        else "passes now: remove it from --expect-fail")
+                        else "passes on these images (listed in --expect-fail)")
     text = render(rows, max_auc_drop, min_agreement, stress_meta)
     log(text)
     if summary is None and os.environ.get("GITHUB_STEP_SUMMARY"):
@@ -230,7 +230,7 @@ def render(rows: list[GateRow], max_auc_drop: float, min_agreement: float,
         lines.append(f"| {r.bundle} | {r.backend} | {r.images} | {r.n} | {r.auc_float:.4f} | {r.auc:.4f} | "
                      f"{r.auc_drop:+.4f} [{r.ci[0]:+.4f}, {r.ci[1]:+.4f}] | {r.p:.3f} | {r.agreement:.4f} | "
                      f"{r.mean_abs_diff:.4f} / {r.max_abs_diff:.3f} | "
-                     f"**{r.verdict}**{': ' + r.reason if r.verdict != 'PASS' or 'remove' in r.reason else ''} |")
+                     f"**{r.verdict}**{': ' + r.reason if r.verdict != 'PASS' or 'expect-fail' in r.reason else ''} |")
     flips = [(r, f) for r in rows for f in r.flipped]
     if flips:
         lines += ["", f"Flipped calls ({len(flips)}; first 20):", ""]
