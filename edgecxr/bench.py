@@ -184,14 +184,14 @@ def run(subject: Subject, data: str | Path | None = None, cfg: BenchConfig | Non
         shas = [it.sha256 for it in imgs["items"]]
         if len(set(y.tolist())) == 2 and subject.threshold is not None:
             acc = summarize(y, prob, subject.threshold)
-        paired = pair_with_reference(subject, shas, y, prob, [it.path for it in imgs["items"]])
+        paths = [it.path for it in imgs["items"]]
+        paired = pair_with_reference(subject, shas, y, prob, paths)
         if reference is not None:
             from .paired import check_twins, compare, run_probs
 
             check_twins(subject.meta["bundle"], reference)
             p_twin = run_probs(reference, x_all, threads)
-            twin = compare(y, p_twin, prob, subject.threshold if subject.threshold is not None else 0.5,
-                           [it.path for it in imgs["items"]])
+            twin = compare(y, p_twin, prob, subject.threshold if subject.threshold is not None else 0.5, paths)
             twin["reference_bundle"] = str(reference)
             twin["reference_manifest_sha256"] = sha256_file(Path(reference) / "manifest.json")
             twin.update({"float_probs": p_twin.round(6).tolist(), "probs": prob.round(6).tolist(), "labels": y.tolist()})

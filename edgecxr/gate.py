@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .bench import BenchConfig, run, subject_from_bundle
-from .errors import BundleError, GateFailure
+from .errors import GateFailure
 from .fsutil import atomic_write_json, atomic_write_text
 
 NAN = float("nan")
@@ -180,7 +180,7 @@ def gate(bundles: list[str | Path], data: str | Path | None = None, max_auc_drop
         p = cache.run(Path(b), f"stress:{stress}", s.x)
         corr = np.array([t[0] for t in tags])
         sev = np.array([t[1] for t in tags])
-        for name in sorted(set(corr.tolist()), key=[t[0] for t in tags].index):
+        for name in dict.fromkeys(t[0] for t in tags):  # corruptions in stress-set order
             idx = np.nonzero(corr == name)[0]
             c = compare(s.y[idx], p_ref[idx], p[idx], thr, [s.paths[i] for i in idx])
             row = _judge(_row_from_compare(subj, f"stress:{name}", f"twin {Path(twin).name}", c),
@@ -243,5 +243,3 @@ def render(rows: list[GateRow], max_auc_drop: float, min_agreement: float,
 def to_dicts(rows: list[GateRow]) -> list[dict[str, Any]]:
     return [asdict(r) for r in rows]
 
-
-__all__ = ["GateRow", "gate", "render", "to_dicts", "BundleError"]

@@ -33,7 +33,7 @@ class ImageSet:
     skipped: list[dict[str, str]]
 
 
-def load_image_set(data: str | Path, preprocess, max_images: int = 0) -> ImageSet:
+def load_image_set(data: str | Path, preprocess) -> ImageSet:
     from dataclasses import asdict
 
     from .data import load_item, scan
@@ -41,11 +41,6 @@ def load_image_set(data: str | Path, preprocess, max_images: int = 0) -> ImageSe
 
     ds = scan(data)
     items = sorted(ds.items, key=lambda it: it.path)
-    if max_images and max_images < len(items):
-        pos = [it for it in items if it.label == 1]
-        neg = [it for it in items if it.label == 0]
-        k = max(1, round(max_images * len(pos) / len(items)))
-        items = sorted(pos[:k] + neg[:max(1, max_images - k)], key=lambda it: it.path)
     if not items:
         raise DataError("no readable images", data)
     x = np.stack([preprocess_grey(load_item(ds.root, it), preprocess) for it in items]).astype(np.float32)
