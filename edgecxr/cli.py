@@ -165,9 +165,20 @@ def train(
     lr: Annotated[float, typer.Option(help="Adam learning rate")] = 1e-3,
     weight_decay: Annotated[float, typer.Option(help="Adam weight decay")] = 1e-5,
     patience: Annotated[int, typer.Option(help="Early stopping patience (epochs without val-loss improvement)")] = 5,
-    rotation: Annotated[float, typer.Option(help="Random rotation range in degrees")] = 10.0,
-    hflip: Annotated[bool, typer.Option(help="Random horizontal flips")] = True,
+    rotation: Annotated[float | None, typer.Option(help="Random rotation range in degrees")] = None,
+    hflip: Annotated[bool | None, typer.Option("--hflip/--no-hflip", help="Random horizontal flips")] = None,
     class_weighting: Annotated[bool, typer.Option(help="Weight the loss by inverse class frequency")] = True,
+    recipe: Annotated[str, typer.Option(help="Training recipe preset: paper | acquisition | robust | robust-mixup "
+                                             "(options given explicitly override it)")] = "paper",
+    zoom: Annotated[float | None, typer.Option(help="Random zoom in and out, scale in [1/(1+z), 1+z]")] = None,
+    translate: Annotated[float | None, typer.Option(help="Random shift, fraction of the image size")] = None,
+    intensity: Annotated[float | None, typer.Option(help="Exposure, contrast and gamma jitter strength")] = None,
+    noise: Annotated[float | None, typer.Option(help="Max Gaussian noise sigma (grey 0..1)")] = None,
+    blur: Annotated[float | None, typer.Option(help="Max Gaussian blur sigma, pixels at 224 px")] = None,
+    mixup: Annotated[float | None, typer.Option(help="Mixup Beta(a, a) alpha (0 = off)")] = None,
+    ema: Annotated[float | None, typer.Option(help="EMA decay of the weights kept as best.pt (0 = off)")] = None,
+    label_smoothing: Annotated[float | None, typer.Option(help="Label smoothing of the training loss")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda (bf16 autocast on CUDA)")] = "auto",
     seed: Annotated[int, typer.Option(help="Random seed")] = 0,
     threads: Annotated[int, typer.Option(help="Torch threads (0 = all cores)")] = 0,
     max_train: Annotated[int, typer.Option(help="Cap on training images, stratified (0 = all)")] = 0,
@@ -181,13 +192,17 @@ def train(
 
     Quick check: edgecxr train --split splits/mini.json --out runs/tiny --size 64 --width 0.35 --epochs 2
     """
-    from .train import TrainConfig, Trainer
+    from .train import TrainConfig, Trainer, apply_recipe
 
     cfg = TrainConfig(split=str(split), out=str(out), size=size, width_mult=width, init=init,
                       freeze_blocks=freeze_blocks, epochs=epochs, batch_size=batch_size, lr=lr,
-                      weight_decay=weight_decay, patience=patience, rotation=rotation, hflip=hflip,
-                      class_weighting=class_weighting, seed=seed, threads=threads,
+                      weight_decay=weight_decay, patience=patience,
+                      class_weighting=class_weighting, seed=seed, threads=threads, device=device,
                       max_train=max_train, max_val=max_val, threshold_rule=threshold)
+    explicit = {k: v for k, v in {"zoom": zoom, "translate": translate, "intensity": intensity, "noise": noise,
+                                  "blur": blur, "mixup": mixup, "ema": ema, "label_smoothing": label_smoothing,
+                                  "rotation": rotation, "hflip": hflip}.items() if v is not None}
+    cfg = apply_recipe(cfg, recipe, explicit)
     res = Trainer(cfg, log=info).run(resume=resume)
     typer.echo(f"best checkpoint: {out / 'best.pt'} (epoch {res['best_epoch']}, "
                f"val AUC {res['metrics']['auc']:.4f}, accuracy {res['metrics']['accuracy']:.4f})")

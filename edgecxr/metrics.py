@@ -269,3 +269,73 @@ def softmax_pos(logits: np.ndarray) -> np.ndarray:
     else:
         d = logits.reshape(-1)
     return 1.0 / (1.0 + np.exp(-d))
+
+
+# ---------------------------------------------------------------- calibration
+def expected_calibration_error(y, p, bins: int = 15) -> float:
+    """ECE of p(pneumonia) against the labels: equal-width bins, weighted |accuracy - confidence|.
+
+    The binary form (the reliability of p for the positive class), the one reliability diagrams
+    of a two-class model show.
+    """
+    y, p = _check(y, p)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    idx = np.clip(np.digitize(p, edges[1:-1], right=True), 0, bins - 1)
+    err = 0.0
+    for b in range(bins):
+        m = idx == b
+        if m.any():
+            err += m.mean() * abs(float(y[m].mean()) - float(p[m].mean()))
+    return float(err)
+
+
+def reliability_bins(y, p, bins: int = 15) -> list[dict[str, float]]:
+    """Per bin: mean p, observed pneumonia rate and count (for the reliability diagram)."""
+    y, p = _check(y, p)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    idx = np.clip(np.digitize(p, edges[1:-1], right=True), 0, bins - 1)
+    out = []
+    for b in range(bins):
+        m = idx == b
+        out.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "n": int(m.sum()),
+                    "mean_p": float(p[m].mean()) if m.any() else float("nan"),
+                    "rate": float(y[m].mean()) if m.any() else float("nan")})
+    return out
+
+
+def logit_of(p) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-12, 1 - 1e-12)
+    return np.log(p) - np.log1p(-p)
+
+
+def fit_temperature(y, p) -> float:
+    """Temperature T minimising the NLL of sigmoid(logit(p) / T) on (y, p): Guo et al. 2017.
+
+    For a two-class softmax, logit(p) is the difference of the two logits, so dividing the
+    classifier's weights and bias by T gives the same probabilities.  A 1-D search over log T.
+    """
+    y, p = _check(y, p)
+    z = logit_of(p)
+
+    def nll(log_t: float) -> float:
+        q = np.clip(1.0 / (1.0 + np.exp(-z / math.exp(log_t))), 1e-12, 1 - 1e-12)
+        return float(-(y * np.log(q) + (1 - y) * np.log(1 - q)).mean())
+
+    lo, hi = math.log(0.05), math.log(20.0)
+    g = (math.sqrt(5) - 1) / 2
+    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+    fa, fb = nll(a), nll(b)
+    for _ in range(80):
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = hi - g * (hi - lo)
+            fa = nll(a)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + g * (hi - lo)
+            fb = nll(b)
+    return float(math.exp((lo + hi) / 2))
+
+
+def apply_temperature(p, t: float) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-logit_of(p) / float(t)))

@@ -62,6 +62,16 @@ class TrainConfig:
     hflip: bool = True
     class_weighting: bool = True
     label_smoothing: float = 0.0
+    # acquisition-aware augmentation (0 = off; "paper" recipe uses none of them)
+    zoom: float = 0.0  # random scale in [1/(1+z), 1+z] (zoom in and out)
+    translate: float = 0.0  # random shift, fraction of the image size
+    intensity: float = 0.0  # exposure, contrast and gamma jitter strength
+    noise: float = 0.0  # max Gaussian noise sigma (grey 0..1)
+    blur: float = 0.0  # max Gaussian blur sigma in pixels at 224 px
+    mixup: float = 0.0  # Beta(a, a) mixup alpha (0 = off)
+    ema: float = 0.0  # EMA decay of the weights used for validation and best.pt (0 = off)
+    recipe: str = "custom"
+    device: str = "auto"  # auto | cpu | cuda
     seed: int = 0
     threads: int = 0  # 0 = all cores
     max_train: int = 0  # 0 = all; >0 caps the training images (quick runs)
@@ -103,25 +113,117 @@ def load_cache(split: SplitManifest, items: list[Item], size: int, progress=None
 
 def normalize_torch(x: torch.Tensor, pp: PreprocessConfig) -> torch.Tensor:
     """N x H x W grey [0,1] -> N x C x H x W; same arithmetic as preprocess.normalize."""
-    mean = torch.tensor(pp.mean, dtype=torch.float32).view(1, -1, 1, 1)
-    std = torch.tensor(pp.std, dtype=torch.float32).view(1, -1, 1, 1)
+    mean = torch.tensor(pp.mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(pp.std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
     return (x.unsqueeze(1).float() - mean) / std
 
 
-def augment(x: torch.Tensor, rotation: float, hflip: bool, gen: torch.Generator) -> torch.Tensor:
-    """Random rotation (bilinear, zero fill) and horizontal flip of N x H x W."""
+# Named training recipes: what `edgecxr train --recipe NAME` sets before the explicit options.
+RECIPES: dict[str, dict[str, Any]] = {
+    # the seed paper's: rotations and flips only
+    "paper": {"rotation": 10.0, "hflip": True, "zoom": 0.0, "translate": 0.0, "intensity": 0.0,
+              "noise": 0.0, "blur": 0.0, "mixup": 0.0, "ema": 0.0, "label_smoothing": 0.0},
+    # acquisition-aware augmentation: field of view (zoom, shift), exposure/contrast/gamma,
+    # detector noise and focus; JPEG, resampling and quantum noise are left out on purpose so
+    # that the stress set keeps families the model never trained on
+    "acquisition": {"rotation": 10.0, "hflip": True, "zoom": 0.15, "translate": 0.06, "intensity": 0.3,
+                    "noise": 0.03, "blur": 1.2, "mixup": 0.0, "ema": 0.0, "label_smoothing": 0.0},
+}
+RECIPES["robust"] = {**RECIPES["acquisition"], "label_smoothing": 0.1, "ema": 0.999}
+RECIPES["robust-mixup"] = {**RECIPES["robust"], "mixup": 0.2}
+
+
+def apply_recipe(cfg: TrainConfig, name: str, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """A copy of cfg with recipe ``name``'s settings, then ``overrides`` (explicit options) on top."""
+    if name not in RECIPES:
+        raise EdgeCXRError(f"unknown training recipe {name!r}; choose one of {', '.join(RECIPES)}")
+    vals = {**asdict(cfg), **RECIPES[name], **(overrides or {}), "recipe": name}
+    return TrainConfig(**vals)
+
+
+def resolve_device(name: str) -> torch.device:
+    name = (name or "auto").lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise EdgeCXRError(f"unknown --device {name!r}; choose auto, cpu or cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise EdgeCXRError("--device cuda: no CUDA GPU is visible to torch on this machine")
+    return torch.device(name)
+
+
+def augment(x: torch.Tensor, rotation: float, hflip: bool, gen: torch.Generator,
+            zoom: float = 0.0, translate: float = 0.0) -> torch.Tensor:
+    """Random rotation, zoom and shift (one bilinear warp, zero fill) and horizontal flip of N x H x W.
+
+    Random numbers come from ``gen`` on the CPU whatever the device of ``x``, so a run draws the
+    same augmentation on CPU and GPU.
+    """
     n = x.shape[0]
     ang = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(rotation)
     cos, sin = torch.cos(ang), torch.sin(ang)
     flip = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0) if hflip else torch.ones(n)
+    scale = torch.ones(n)
+    if zoom > 0:
+        scale = torch.exp((torch.rand(n, generator=gen) * 2 - 1) * math.log1p(zoom))
     theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0] = cos * flip
-    theta[:, 0, 1] = -sin
-    theta[:, 1, 0] = sin * flip
-    theta[:, 1, 1] = cos
-    grid = F.affine_grid(theta, (n, 1, x.shape[1], x.shape[2]), align_corners=False)
+    theta[:, 0, 0] = cos * flip * scale
+    theta[:, 0, 1] = -sin * scale
+    theta[:, 1, 0] = sin * flip * scale
+    theta[:, 1, 1] = cos * scale
+    if translate > 0:
+        theta[:, :, 2] = (torch.rand(n, 2, generator=gen) * 2 - 1) * 2 * translate
+    grid = F.affine_grid(theta.to(x.device), (n, 1, x.shape[1], x.shape[2]), align_corners=False)
     return F.grid_sample(x.unsqueeze(1).float(), grid, mode="bilinear", padding_mode="zeros",
                          align_corners=False).squeeze(1)
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur of N x H x W with one sigma (pixels) per image; sigma 0 = identity."""
+    n = x.shape[0]
+    r = max(1, int(math.ceil(3 * float(sigma.max()))))
+    t = torch.arange(-r, r + 1, dtype=torch.float32, device=x.device)
+    s = sigma.to(x.device).clamp_min(1e-3).view(n, 1)
+    k = torch.exp(-0.5 * (t.view(1, -1) / s) ** 2)
+    k = k / k.sum(1, keepdim=True)
+    y = x.unsqueeze(0)  # 1 x N x H x W, one group per image
+    y = F.conv2d(F.pad(y, (r, r, 0, 0), mode="replicate"), k.view(n, 1, 1, -1), groups=n)
+    y = F.conv2d(F.pad(y, (0, 0, r, r), mode="replicate"), k.view(n, 1, -1, 1), groups=n)
+    return y.squeeze(0)
+
+
+def photometric(x: torch.Tensor, gen: torch.Generator, intensity: float, noise: float,
+                blur: float) -> torch.Tensor:
+    """Acquisition jitter on grey [0, 1] N x H x W: exposure, contrast, gamma, blur, detector noise.
+
+    Each applies to a random half (or more) of the batch; strengths are drawn per image.
+    """
+    n = x.shape[0]
+    dev = x.device
+
+    def u(lo: float, hi: float) -> torch.Tensor:
+        return (lo + (hi - lo) * torch.rand(n, generator=gen)).to(dev).view(n, 1, 1)
+
+    def on(p: float) -> torch.Tensor:
+        return (torch.rand(n, generator=gen) < p).to(dev).view(n, 1, 1)
+
+    if intensity > 0:
+        m = x.mean(dim=(1, 2), keepdim=True)
+        c = torch.exp(u(-intensity, intensity))
+        x = torch.where(on(0.5), m + (x - m) * c, x)
+        x = torch.where(on(0.5), x + u(-intensity / 2, intensity / 2), x)
+        g = torch.exp(u(-2 * intensity, 2 * intensity))
+        x = torch.where(on(0.5), x.clamp(0, 1) ** g, x)
+    if blur > 0:
+        sig = torch.rand(n, generator=gen) * blur * x.shape[-1] / 224.0
+        sig = torch.where(torch.rand(n, generator=gen) < 0.3, sig, torch.zeros(n))
+        if float(sig.max()) > 0.05:
+            x = _gaussian_blur(x, sig)
+    if noise > 0:
+        sig = u(0.0, noise) * on(0.5)
+        dgen = torch.Generator(device=dev).manual_seed(int(torch.randint(2**62, (1,), generator=gen)))
+        x = x + sig * torch.randn(x.shape, generator=dgen, device=dev)
+    return x.clamp(0, 1)
 
 
 def freeze_first_blocks(model: nn.Module, k: int) -> None:
@@ -132,13 +234,18 @@ def freeze_first_blocks(model: nn.Module, k: int) -> None:
 
 
 @torch.no_grad()
-def predict_cache(model: nn.Module, cache: np.ndarray, pp: PreprocessConfig, bs: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """(logits N x 2, p(pneumonia) N) for a cached grey array."""
+def predict_cache(model: nn.Module, cache: np.ndarray, pp: PreprocessConfig, bs: int = 64,
+                  device: torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(logits N x 2, p(pneumonia) N) for a cached grey array (fp32 arithmetic on any device)."""
     model.eval()
+    device = device or next(model.parameters()).device
     outs = []
     for i in range(0, len(cache), bs):
-        xb = normalize_torch(torch.from_numpy(cache[i:i + bs].astype(np.float32)), pp)
-        outs.append(model(xb).float())
+        xb = torch.from_numpy(cache[i:i + bs].astype(np.float32)).to(device)
+        xb = normalize_torch(xb, pp)
+        if device.type == "cuda":
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        outs.append(model(xb).float().cpu())
     logits = torch.cat(outs).numpy() if outs else np.zeros((0, 2), np.float32)
     return logits, softmax_pos(logits)
 
@@ -156,6 +263,7 @@ def env_record() -> dict[str, Any]:
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
 
 
@@ -228,22 +336,37 @@ class Trainer:
         yva = np.array([it.label for it in val_items])
         self.log(f"data cached in {time.time() - t0:.1f}s")
 
+        device = resolve_device(cfg.device)
         model, init_info = make_model(cfg, self.log)
         arch = init_info.get("arch") or describe_arch(model, cfg.width_mult)
         freeze_first_blocks(model, cfg.freeze_blocks)
+        cuda = device.type == "cuda"
+        model = model.to(device, memory_format=torch.channels_last) if cuda else model
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1), eta_min=cfg.min_lr)
         counts = torch.bincount(ytr, minlength=2).float()
         weights = (counts.sum() / (2 * counts)) if cfg.class_weighting else torch.ones(2)
-        loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
+        loss_fn = nn.CrossEntropyLoss(weight=weights.to(device), label_smoothing=cfg.label_smoothing)
         val_loss_fn = nn.CrossEntropyLoss(weight=weights)
+        ema = None
+        if cfg.ema > 0:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+        eval_model = ema.module if ema is not None else model
+        if cuda:
+            xtr_dev = torch.from_numpy(xtr).to(device)  # float16 N x H x W on the GPU
+            ytr_dev = ytr.to(device)
+        self.log(f"device: {device}" + (f" ({torch.cuda.get_device_name(device)}, bf16 autocast)" if cuda else ""))
 
         start_epoch, best_loss, bad_epochs, history = 0, math.inf, 0, []
         gen = torch.Generator().manual_seed(cfg.seed)
         if resume:
             blob = torch.load(last_path, map_location="cpu", weights_only=False)
             model.load_state_dict(blob["state_dict"])
+            if ema is not None and blob.get("ema") is not None:
+                ema.load_state_dict(blob["ema"])
             opt.load_state_dict(blob["optimizer"])
             sched.load_state_dict(blob["scheduler"])
             gen.set_state(blob["rng"]["torch_gen"])
@@ -273,18 +396,38 @@ class Trainer:
                     idx = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
                     if len(idx) < 2:  # BatchNorm needs > 1 sample
                         continue
-                    xb = torch.from_numpy(xtr[idx.numpy()].astype(np.float32))
-                    xb = augment(xb, cfg.rotation, cfg.hflip, gen)
+                    if cuda:
+                        xb, yb = xtr_dev[idx.to(device)].float(), ytr_dev[idx.to(device)]
+                    else:
+                        xb, yb = torch.from_numpy(xtr[idx.numpy()].astype(np.float32)), ytr[idx]
+                    xb = augment(xb, cfg.rotation, cfg.hflip, gen, cfg.zoom, cfg.translate)
+                    if cfg.intensity > 0 or cfg.noise > 0 or cfg.blur > 0:
+                        xb = photometric(xb, gen, cfg.intensity, cfg.noise, cfg.blur)
                     xb = normalize_torch(xb, pp)
-                    loss = loss_fn(model(xb), ytr[idx])
+                    lam, perm_b = 1.0, None
+                    if cfg.mixup > 0:
+                        lam = float(np.random.default_rng(int(torch.randint(2**31, (1,), generator=gen)))
+                                    .beta(cfg.mixup, cfg.mixup))
+                        perm_b = torch.randperm(len(idx), generator=gen).to(xb.device)
+                        xb = lam * xb + (1 - lam) * xb[perm_b]
+                    if cuda:
+                        xb = xb.contiguous(memory_format=torch.channels_last)
+                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                        out_b = model(xb)
+                    out_b = out_b.float()
+                    loss = loss_fn(out_b, yb)
+                    if perm_b is not None:
+                        loss = lam * loss + (1 - lam) * loss_fn(out_b, yb[perm_b])
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
+                    if ema is not None:
+                        ema.update_parameters(model)
                     tot += loss.item() * len(idx)
                     seen += len(idx)
                     step()
             sched.step()
-            logits, prob = predict_cache(model, xva, pp)
+            logits, prob = predict_cache(eval_model, xva, pp)
             vloss = float(val_loss_fn(torch.from_numpy(logits), torch.from_numpy(yva)))
             from .metrics import binary_metrics, roc_auc
 
@@ -297,12 +440,12 @@ class Trainer:
             improved = vloss < best_loss - 1e-6
             if improved:
                 best_loss, bad_epochs = vloss, 0
-                save_checkpoint(out / "best.pt", model, arch, pp, None,
+                save_checkpoint(out / "best.pt", eval_model, arch, pp, None,
                                 {"epoch": epoch + 1, "val_loss": vloss, "val_auc": vauc, "train": asdict(cfg)})
             else:
                 bad_epochs += 1
             self._write_history(history)
-            self._save_last(model, opt, sched, gen, epoch, best_loss, bad_epochs, history, arch, pp)
+            self._save_last(model, opt, sched, gen, epoch, best_loss, bad_epochs, history, arch, pp, ema)
             self.log(f"epoch {epoch + 1}: train_loss {row['train_loss']:.4f} val_loss {vloss:.4f} "
                      f"val_auc {vauc:.4f} val_acc@0.5 {vacc:.4f} ({row['seconds']:.0f}s)"
                      + (" *best" if improved else f" (no improvement {bad_epochs}/{cfg.patience})"))
@@ -361,12 +504,24 @@ class Trainer:
         w.writerows(history)
         atomic_write_text(self.out / "history.csv", buf.getvalue())
 
-    def _save_last(self, model, opt, sched, gen, epoch, best_loss, bad_epochs, history, arch, pp) -> None:
+    def _save_last(self, model, opt, sched, gen, epoch, best_loss, bad_epochs, history, arch, pp, ema=None) -> None:
         save_checkpoint(self.out / "last.pt", model, arch, pp, None, {
-            "epoch": epoch, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "ema": _cpu_state(ema.state_dict()) if ema is not None else None,
+            "epoch": epoch, "optimizer": _cpu_state(opt.state_dict()), "scheduler": sched.state_dict(),
             "rng": {"torch_gen": gen.get_state(), "torch": torch.get_rng_state()},
             "best_loss": best_loss, "bad_epochs": bad_epochs, "history": history,
         })
+
+
+def _cpu_state(obj):
+    """A state dict (nested) with every tensor on the CPU, so last.pt resumes on any device."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _cpu_state(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_cpu_state(v) for v in obj)
+    return obj
 
 
 def _threshold_rule(rule: str):
