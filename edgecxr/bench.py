@@ -103,7 +103,7 @@ def load_images(subject: Subject, data: str | Path | None, max_images: int, log)
     if data is not None:
         ds = scan(data)
         items, root, skipped = ds.items, ds.root, ds.skipped
-        source = str(data)
+        source = str(data) + (f" ({ds.notes[-1]})" if ds.kind == "npz" and ds.notes else "")
     items = sorted(items, key=lambda it: it.path)
     if max_images and max_images < len(items):
         # keep both classes: stratified, deterministic

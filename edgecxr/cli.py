@@ -72,6 +72,7 @@ def data_split(
     val_fraction: Annotated[float, typer.Option(help="Fraction of each class for validation")] = 0.2,
     strict: Annotated[bool, typer.Option(help="Stop at the first bad file instead of skipping it")] = False,
     force: Annotated[bool, typer.Option(help="Overwrite an existing manifest")] = False,
+    resplit: Annotated[bool, typer.Option(help="Re-split an .npz instead of keeping its official train/val parts")] = False,
 ):
     """Record a seeded, stratified, patient-grouped train/validation split.
 
@@ -84,7 +85,7 @@ def data_split(
     from .progress import bar
 
     with bar(0, "reading images") as _:
-        sm = make_split(source, val_fraction, seed, strict)
+        sm = make_split(source, val_fraction, seed, strict, resplit=resplit)
     sm.save(out)
     d = sm.to_dict()
     typer.echo(f"wrote {out}: train {d['counts']['train']}, val {d['counts']['val']}, "
@@ -216,17 +217,26 @@ def evaluate(
     data: Annotated[Path | None, typer.Option(help="Labelled folder or .npz to evaluate on")] = None,
     threshold: Annotated[str | None, typer.Option(help="Re-choose the threshold: youden | sens=0.95 (default: the saved one)")] = None,
     out: Annotated[Path | None, typer.Option(help="Write the metrics as JSON here")] = None,
+    save: Annotated[Path | None, typer.Option(help="Write a copy of the checkpoint carrying the threshold "
+                                                   "re-chosen on validation (needs --split and --threshold)")] = None,
+    reliability: Annotated[Path | None, typer.Option(help="Draw the reliability diagram (PNG) here")] = None,
 ):
-    """Clinical metrics: AUC with 95% DeLong CI, accuracy, sensitivity, specificity, PPV, NPV.
+    """Clinical metrics: AUC with 95% DeLong CI, accuracy, sensitivity, specificity, PPV, NPV,
+    and calibration (expected calibration error, the temperature that would fit these images).
 
     Example: edgecxr evaluate runs/mnv2/best.pt --split splits/kermany224.json
     """
     from .evaluate import evaluate as run_eval
     from .train import format_metrics
 
-    res = run_eval(checkpoint, split, data, threshold, out, log=info)
+    res = run_eval(checkpoint, split, data, threshold, out, log=info, save=save, reliability=reliability)
     typer.echo(format_metrics(res["metrics"], res["data"]))
+    cal = res["metrics"]["calibration"]
+    typer.echo(f"calibration: ECE {cal['ece']:.4f} (15 bins); a temperature fitted on these images would be "
+               f"{cal['temperature_fit_here']:.2f} (ECE {cal['ece_after_temperature']:.4f})")
     typer.echo(f"threshold: {res['threshold_rule']}")
+    if save:
+        typer.echo(f"saved {save} with threshold {res['metrics']['threshold']:.4f} ({threshold} on validation)")
 
 
 # ---------------------------------------------------------------- targets / calibrate / export

@@ -152,8 +152,31 @@ def npz_array(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
         return np.asarray(z[ki]), np.asarray(z[kl]).reshape(-1)
 
 
-def scan_npz(path: str | Path, strict: bool = False) -> Dataset:
-    path = Path(path)
+NPZ_PARTS = ("train", "val", "test")
+
+
+def npz_source(source: str | Path) -> tuple[Path, str | None]:
+    """'FILE.npz' or 'FILE.npz#PART' (PART: train, val or test) -> (path, part or None)."""
+    text = str(source)
+    if NPZ_SEP in text:
+        head, part = text.rsplit(NPZ_SEP, 1)
+        if head.lower().endswith(".npz"):
+            if part not in NPZ_PARTS:
+                raise DataError(f"unknown .npz part {part!r}; use {', '.join(NPZ_PARTS)}", head)
+            return Path(head), part
+    return Path(source), None
+
+
+def scan_npz(path: str | Path, strict: bool = False, purpose: str = "eval") -> Dataset:
+    """A MedMNIST-layout .npz.
+
+    ``purpose="split"`` (training): the ``train`` and ``val`` arrays, each item marked with its
+    official part; ``test`` is never read.  ``purpose="eval"``: one part, named as
+    ``FILE.npz#PART`` or by default ``test`` where the file has it, else ``val``; the part
+    used is written in the dataset's notes, and reading ``train`` says that these are training
+    images.
+    """
+    path, part = npz_source(path)
     if not path.exists():
         raise DataError("file not found", path)
     try:
@@ -162,12 +185,27 @@ def scan_npz(path: str | Path, strict: bool = False) -> Dataset:
         z.close()
     except Exception as e:
         raise DataError(f"unreadable .npz ({e.__class__.__name__})", path) from None
-    splits = [s for s in ("train", "val") if f"{s}_images" in keys]
+    present = [s for s in NPZ_PARTS if f"{s}_images" in keys]
     notes = []
-    if "test_images" in keys:
-        notes.append("test_images ignored: the test split is held out")
-    if not splits:
-        raise DataError("no train_images/val_images arrays (MedMNIST layout expected)", path)
+    if purpose == "split":
+        if part is not None:
+            raise DataError("a training split reads the train and val arrays; drop the #part", path)
+        splits = [s for s in ("train", "val") if s in present]
+        if "test" in present:
+            notes.append("test_images ignored: the test split is held out")
+        if not splits:
+            raise DataError("no train_images/val_images arrays (MedMNIST layout expected)", path)
+    else:
+        if part is None:
+            part = "test" if "test" in present else "val" if "val" in present else None
+            if part is None:
+                raise DataError("no test_images or val_images array to evaluate on (MedMNIST layout expected; "
+                                "FILE.npz#train would score training images)", path)
+        elif part not in present:
+            raise DataError(f"no {part}_images array (the file has: {', '.join(present) or 'none'})", path)
+        splits = [part]
+        notes.append(f"evaluating the official {part} part of {path.name}"
+                     + (" (training images: scores on them say nothing about new patients)" if part == "train" else ""))
     items: list[Item] = []
     skipped: list[Skipped] = []
     for s in splits:
@@ -187,18 +225,19 @@ def scan_npz(path: str | Path, strict: bool = False) -> Dataset:
                     raise DataError(f"{ref}: {reason}", path)
                 skipped.append(Skipped(ref, reason))
                 continue
-            items.append(Item(ref, lab, sha256_bytes(np.ascontiguousarray(imgs[i]).tobytes()), None))
+            items.append(Item(ref, lab, sha256_bytes(np.ascontiguousarray(imgs[i]).tobytes()), None,
+                              split=s if purpose == "split" else ""))
     ds = Dataset(str(path.parent), "npz", items, skipped, notes)
     _check_two_classes(ds, path)
     return ds
 
 
 def scan(source: str | Path, strict: bool = False,
-         progress: Callable[[int, int], None] | None = None) -> Dataset:
-    source = Path(source)
-    if source.suffix.lower() == ".npz":
-        return scan_npz(source, strict)
-    return scan_folder(source, strict, progress)
+         progress: Callable[[int, int], None] | None = None, purpose: str = "eval") -> Dataset:
+    """Labelled images of a class-folder tree or a MedMNIST .npz (``FILE.npz#PART`` names a part)."""
+    if npz_source(source)[0].suffix.lower() == ".npz":
+        return scan_npz(source, strict, purpose)
+    return scan_folder(Path(source), strict, progress)
 
 
 def split_dataset(ds: Dataset, val_fraction: float = 0.2, seed: int = 0) -> list[Item]:
@@ -295,9 +334,16 @@ class SplitManifest:
 
 def make_split(source: str | Path, val_fraction: float = 0.2, seed: int = 0,
                strict: bool = False, progress: Callable[[int, int], None] | None = None,
-               root_as: str | None = None) -> SplitManifest:
-    ds = scan(source, strict, progress)
-    split_dataset(ds, val_fraction, seed)
+               root_as: str | None = None, resplit: bool = False) -> SplitManifest:
+    """Seeded, stratified, patient-grouped train/val split; an .npz keeps its official
+    train/val parts unless ``resplit`` (or it lacks one of them)."""
+    ds = scan(source, strict, progress, purpose="split")
+    official = ds.kind == "npz" and {it.split for it in ds.items} == {"train", "val"}
+    if official and not resplit:
+        ds.notes.append("official train/val parts of the .npz kept (pass --resplit to re-split)")
+        val_fraction = sum(it.split == "val" for it in ds.items) / max(len(ds.items), 1)
+    else:
+        split_dataset(ds, val_fraction, seed)
     grouped = any(it.patient for it in ds.items)
     return SplitManifest(root_as or ds.root, ds.kind, seed, val_fraction, ds.items, ds.skipped,
                          ds.notes, grouped)

@@ -10,13 +10,23 @@ import numpy as np
 from .data import SplitManifest, load_eval_set
 from .errors import EdgeCXRError
 from .fsutil import atomic_write_json
-from .metrics import choose_threshold, parse_threshold_spec, summarize
+from .metrics import (
+    apply_temperature,
+    choose_threshold,
+    expected_calibration_error,
+    fit_temperature,
+    parse_threshold_spec,
+    reliability_bins,
+    summarize,
+)
 from .model import load_checkpoint
 from .preprocess import PreprocessConfig, resize_grey
 
 
 def evaluate(checkpoint: str | Path, split: str | Path | None = None, data: str | Path | None = None,
-             threshold: str | None = None, out: str | Path | None = None, log=print) -> dict[str, Any]:
+             threshold: str | None = None, out: str | Path | None = None, log=print,
+             save: str | Path | None = None, reliability: str | Path | None = None) -> dict[str, Any]:
+    """Metrics of a checkpoint; ``save`` writes a copy carrying a threshold re-chosen on validation."""
     from .train import predict_cache
 
     model, meta = load_checkpoint(checkpoint)
@@ -32,6 +42,8 @@ def evaluate(checkpoint: str | Path, split: str | Path | None = None, data: str 
         items, greys, ds = load_eval_set(data)
         for s in ds.skipped:
             log(f"skipped {s.path}: {s.reason}")
+        for note in ds.notes:
+            log(note)
         where = f"{data}"
     y = np.array([it.label for it in items])
     cache = np.stack([resize_grey(g, pp.size) for g in greys]).astype(np.float32)
@@ -51,8 +63,42 @@ def evaluate(checkpoint: str | Path, split: str | Path | None = None, data: str 
     else:
         raise EdgeCXRError("checkpoint has no saved threshold; pass --threshold youden", checkpoint)
     m = summarize(y, prob, thr)
+    temp = fit_temperature(y, prob)
+    m["calibration"] = {"ece": expected_calibration_error(y, prob), "temperature_fit_here": temp,
+                        "ece_after_temperature": expected_calibration_error(y, apply_temperature(prob, temp)),
+                        "bins": reliability_bins(y, prob)}
     result = {"checkpoint": str(checkpoint), "checkpoint_sha256": meta["sha256"], "data": where,
               "threshold_rule": rule, "metrics": m}
+    if save:
+        if split is None or not threshold:
+            raise EdgeCXRError("--save writes a copy with a threshold re-chosen on validation: "
+                               "give --split and --threshold")
+        _save_with_threshold(checkpoint, save, thr, threshold, m)
+    if reliability:
+        try:
+            from .plots import plot_reliability
+
+            plot_reliability(m["calibration"]["bins"], m["calibration"]["ece"], reliability, where)
+        except ImportError:
+            log("matplotlib not installed: no reliability diagram")
     if out:
         atomic_write_json(out, result)
     return result
+
+
+def _save_with_threshold(src: str | Path, dst: str | Path, thr: float, rule: str, metrics: dict) -> None:
+    """A copy of checkpoint ``src`` whose operating threshold is ``thr`` (rule ``rule`` on validation)."""
+    import io
+
+    import torch
+
+    from .fsutil import atomic_write_bytes
+
+    if Path(dst).resolve() == Path(src).resolve():
+        raise EdgeCXRError("--save must name a new file, not the checkpoint itself", dst)
+    blob = torch.load(src, map_location="cpu", weights_only=False)
+    blob["threshold"], blob["threshold_rule"] = float(thr), rule
+    blob["val_metrics"] = {k: v for k, v in metrics.items() if k != "calibration"}
+    buf = io.BytesIO()
+    torch.save(blob, buf)
+    atomic_write_bytes(dst, buf.getvalue())

@@ -66,6 +66,27 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path,
     plt.close(fig)
 
 
+def plot_reliability(bins: list[dict], ece: float, path: str | Path, where: str = "validation") -> None:
+    """Reliability diagram: observed pneumonia rate against mean p per bin, bar widths by count."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.8, 4.6))
+    xs = [b["mean_p"] for b in bins if b["n"]]
+    ys = [b["rate"] for b in bins if b["n"]]
+    ns = [b["n"] for b in bins if b["n"]]
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8, label="perfect calibration")
+    ax.plot(xs, ys, "o-", color="#0072B2", label=f"model (ECE {ece:.3f})")
+    for x, y, n in zip(xs, ys, ns, strict=True):
+        ax.annotate(str(n), (x, y), textcoords="offset points", xytext=(3, -10), fontsize=6)
+    ax.set_xlabel("mean p(PNEUMONIA) in bin")
+    ax.set_ylabel("observed PNEUMONIA rate")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(f"Reliability ({where})", fontsize=9)
+    ax.legend(loc="upper left", fontsize=8)
+    _save(fig, Path(path))
+    plt.close(fig)
+
+
 # Okabe-Ito colours (safe for the common colour-vision deficiencies)
 _LABEL_COLORS = {0: "#0072B2", 1: "#E69F00"}  # NORMAL blue, PNEUMONIA orange
 _LABEL_NAMES = {0: "NORMAL", 1: "PNEUMONIA"}

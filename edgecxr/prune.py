@@ -13,7 +13,7 @@ the classifier's input features.  The stem conv and the classifier's outputs are
   current width), so int8 kernels on every runtime stay aligned.
 * ``steps`` > 1 prunes iteratively (ratio/steps of the channels each step) with
   ``finetune_epochs`` of fine-tuning by the project's ``Trainer`` after *each* step;
-  with 0 fine-tune epochs the operating threshold is chosen on validation (Youden).
+  with 0 fine-tune epochs the operating threshold is chosen on validation by the source's rule.
 
 The output folder holds ``best.pt`` (a self-describing checkpoint: ``arch`` with
 ``pruned: True``, the original width and every conv's channel count, so
@@ -314,6 +314,9 @@ def prune_checkpoint(checkpoint: str | Path, out_dir: str | Path, ratio: float, 
     xva = T.load_cache(sm, val_items, size)
     yva = np.array([it.label for it in val_items])
 
+    src_rule = meta.get("threshold_rule") or "youden"
+    src_recipe = (meta.get("train") or {}).get("recipe")
+    src_recipe = src_recipe if src_recipe in T.RECIPES else "paper"
     thr0 = meta.get("threshold")
     thr0_source = "checkpoint"
     if thr0 is None:
@@ -370,7 +373,11 @@ def prune_checkpoint(checkpoint: str | Path, out_dir: str | Path, ratio: float, 
                                     init=str(init), epochs=finetune_epochs, batch_size=batch_size, lr=lr,
                                     min_lr=min(1e-6, lr), patience=max(finetune_epochs, 1), seed=seed + k - 1,
                                     threads=threads, max_train=max_train, max_val=max_val,
+                                    threshold_rule=src_rule,
                                     extra={"pruned_from": str(checkpoint), "prune_step": k})
+                # fine-tune with the augmentation the source was trained with (EMA and mixup off:
+                # two epochs are too short for either)
+                cfg = T.apply_recipe(cfg, src_recipe, {"ema": 0.0, "mixup": 0.0})
                 res = T.Trainer(cfg, log=log, show_progress=show_progress).run()
                 blob = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False)
                 model.load_state_dict(blob["state_dict"])  # same tensors the pruner tracks
@@ -409,11 +416,11 @@ def prune_checkpoint(checkpoint: str | Path, out_dir: str | Path, ratio: float, 
             (last_run / "best.pt").unlink()
         else:
             _, prob = T.predict_cache(model, xva, pp)
-            thr = choose_threshold(yva, prob, "youden")
+            thr = choose_threshold(yva, prob, *T._threshold_rule(src_rule))
             save_checkpoint(best, model, arch, pp, thr, {
-                "threshold_rule": "youden", "val_metrics": summarize(yva, prob, thr),
+                "threshold_rule": src_rule, "val_metrics": summarize(yva, prob, thr),
                 "train": {"split": str(split), "size": size, "epochs": 0,
-                          "note": "pruned without fine-tuning; threshold chosen on validation (Youden)"},
+                          "note": f"pruned without fine-tuning; threshold chosen on validation ({src_rule})"},
                 "prune": prune_info,
             })
 

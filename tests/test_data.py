@@ -82,10 +82,36 @@ def test_single_class_and_missing_folder(tmp_path):
 
 
 def test_npz(tmp_path):
-    ds = scan(NPZ)
     z = np.load(NPZ)
-    assert len(ds.items) == len(z["train_labels"]) + len(z["val_labels"])
+    ds = scan(NPZ)  # evaluation: one official part, test where present, else val, and it says which
+    assert len(ds.items) == len(z["val_labels"]) and "official val part" in ds.notes[-1]
+    tr = scan(f"{NPZ}#train")
+    assert len(tr.items) == len(z["train_labels"]) and "training images" in tr.notes[-1]
+    with pytest.raises(DataError, match="no test_images"):
+        scan(f"{NPZ}#test")
+    with pytest.raises(DataError, match="unknown .npz part"):
+        scan(f"{NPZ}#everything")
+    # a training split keeps the official train/val parts unless asked to re-split
     sm = make_split(NPZ, 0.2, 0)
+    assert sum(it.split == "train" for it in sm.items) == len(z["train_labels"])
+    assert sum(it.split == "val" for it in sm.items) == len(z["val_labels"])
+    assert all(it.path.split("#")[1].split("/")[0] == it.split for it in sm.items)
+    re = make_split(NPZ, 0.5, 0, resplit=True)
+    assert abs(sum(it.split == "val" for it in re.items) - 0.5 * len(re.items)) <= 2
+    # a file with a test part: evaluation defaults to it, and a split never reads it
+    full = tmp_path / "full.npz"
+    np.savez(full, train_images=z["train_images"], train_labels=z["train_labels"],
+             val_images=z["val_images"][:20], val_labels=z["val_labels"][:20],
+             test_images=z["val_images"][20:], test_labels=z["val_labels"][20:])
+    ev = scan(full)
+    assert len(ev.items) == 20 and all("#test/" in it.path for it in ev.items)
+    sp = make_split(full, 0.2, 0)
+    assert not any("#test/" in it.path for it in sp.items) and any("held out" in n for n in sp.notes)
+    only_test = tmp_path / "test_only.npz"
+    np.savez(only_test, test_images=z["val_images"], test_labels=z["val_labels"])
+    assert len(scan(only_test).items) == len(z["val_labels"])
+    with pytest.raises(DataError, match="no train_images/val_images"):
+        make_split(only_test, 0.2, 0)
     img = sm.load(sm.items[0])
     assert img.shape == (28, 28) and img.max() <= 1.0
     bad = tmp_path / "bad.npz"
