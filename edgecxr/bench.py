@@ -23,7 +23,7 @@ from .backends import Backend, open_backend
 from .bundle import Bundle, IOSpec, verify
 from .errors import DataError, EdgeCXRError
 from .fsutil import atomic_append_line, sha256_file
-from .metrics import binary_metrics, delong_paired, softmax_pos, summarize
+from .metrics import binary_metrics, delong_paired, expected_calibration_error, softmax_pos, summarize
 from .preprocess import PreprocessConfig, preprocess_grey
 from .sysinfo import default_device_name, device_facts, reset_peak_rss, rss_mb
 
@@ -184,6 +184,7 @@ def run(subject: Subject, data: str | Path | None = None, cfg: BenchConfig | Non
         shas = [it.sha256 for it in imgs["items"]]
         if len(set(y.tolist())) == 2 and subject.threshold is not None:
             acc = summarize(y, prob, subject.threshold)
+            acc["ece"] = expected_calibration_error(y, prob)
         paths = [it.path for it in imgs["items"]]
         paired = pair_with_reference(subject, shas, y, prob, paths)
         if reference is not None:

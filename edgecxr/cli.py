@@ -169,8 +169,9 @@ def train(
     rotation: Annotated[float | None, typer.Option(help="Random rotation range in degrees")] = None,
     hflip: Annotated[bool | None, typer.Option("--hflip/--no-hflip", help="Random horizontal flips")] = None,
     class_weighting: Annotated[bool, typer.Option(help="Weight the loss by inverse class frequency")] = True,
-    recipe: Annotated[str, typer.Option(help="Training recipe preset: paper | acquisition | robust | robust-mixup "
-                                             "(options given explicitly override it)")] = "paper",
+    recipe: Annotated[str, typer.Option(help="Training recipe preset: acquisition (measured best, see "
+                                             "benchmarks/training.md) | paper | robust | robust-mixup; "
+                                             "options given explicitly override it")] = "acquisition",
     zoom: Annotated[float | None, typer.Option(help="Random zoom in and out, scale in [1/(1+z), 1+z]")] = None,
     translate: Annotated[float | None, typer.Option(help="Random shift, fraction of the image size")] = None,
     intensity: Annotated[float | None, typer.Option(help="Exposure, contrast and gamma jitter strength")] = None,
@@ -184,7 +185,8 @@ def train(
     threads: Annotated[int, typer.Option(help="Torch threads (0 = all cores)")] = 0,
     max_train: Annotated[int, typer.Option(help="Cap on training images, stratified (0 = all)")] = 0,
     max_val: Annotated[int, typer.Option(help="Cap on validation images, stratified (0 = all)")] = 0,
-    threshold: Annotated[str, typer.Option(help="Operating threshold rule on validation: youden | sens=0.95")] = "youden",
+    threshold: Annotated[str, typer.Option(help="Operating threshold rule on validation: sens=0.95 (held best "
+                                                "under shift, benchmarks/training.md) | youden")] = "sens=0.95",
     resume: Annotated[bool, typer.Option(help="Resume an interrupted run from its last.pt")] = False,
 ):
     """Train MobileNetV2 (Adam, cosine annealing, early stopping, rotations and flips).
@@ -525,6 +527,9 @@ def pipeline(
     epochs: Annotated[int, typer.Option(help="Training epochs")] = 30,
     prune_ratio: Annotated[float, typer.Option(help="Channel pruning ratio (0 = no pruning)")] = 0.5,
     finetune_epochs: Annotated[int, typer.Option(help="Fine-tuning epochs after pruning")] = 3,
+    recipe: Annotated[str, typer.Option(help="Training recipe (see `edgecxr train --help`)")] = "acquisition",
+    threshold: Annotated[str, typer.Option(help="Operating threshold rule on validation: sens=0.95 | youden")] = "sens=0.95",
+    train_device: Annotated[str, typer.Option(help="Training device: auto | cpu | cuda")] = "auto",
 ):
     """The full pipeline from raw images: split, calibration set, train, prune, export, bench, report, gate.
 
@@ -532,7 +537,8 @@ def pipeline(
     """
     from .workflows import pipeline as run_pipeline
 
-    raise typer.Exit(run_pipeline(source, out, quick, size, epochs, prune_ratio, finetune_epochs, log=typer.echo))
+    raise typer.Exit(run_pipeline(source, out, quick, size, epochs, prune_ratio, finetune_epochs, log=typer.echo,
+                                  recipe=recipe, threshold=threshold, train_device=train_device))
 
 
 from .cli_link import register as _register_link  # noqa: E402

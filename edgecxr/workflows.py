@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -216,8 +216,30 @@ def _tname(t: str) -> str:
     return get_target(t).name
 
 
+_REUSE_KEYS = ("size", "width_mult", "epochs", "lr", "recipe", "threshold_rule", "zoom", "translate",
+               "intensity", "noise", "blur", "mixup", "ema", "label_smoothing")
+
+
+def _check_reuse(config_json: Path, cfg) -> None:
+    """A pipeline step is reused only if it was made with the same settings."""
+    if not config_json.exists():
+        return
+    try:
+        saved = json.loads(config_json.read_text())["train"]
+    except (OSError, ValueError, KeyError):
+        raise EdgeCXRError("unreadable config of an earlier training step; use another --out",
+                           config_json) from None
+    want = asdict(cfg)
+    diff = [k for k in _REUSE_KEYS if k in saved and saved[k] != want.get(k)]
+    if diff:
+        k = diff[0]
+        raise EdgeCXRError(f"the training step in this folder was made with {k}={saved[k]!r}, not {want.get(k)!r}; "
+                           "use another --out (nothing was changed)", config_json.parent)
+
+
 def pipeline(source: Path, out: Path, quick: bool = False, size: int = 224, epochs: int = 30,
-             prune_ratio: float = 0.5, finetune_epochs: int = 3, device: str | None = None, log=print) -> int:
+             prune_ratio: float = 0.5, finetune_epochs: int = 3, device: str | None = None, log=print,
+             recipe: str = "acquisition", threshold: str = "sens=0.95", train_device: str = "auto") -> int:
     """Raw images to gated bundles, every step with the project's own commands."""
     from .calibrate import make_calibration_set
     from .data import make_split
@@ -225,7 +247,7 @@ def pipeline(source: Path, out: Path, quick: bool = False, size: int = 224, epoc
     from .gate import gate
     from .preprocess import PreprocessConfig
     from .report import report
-    from .train import TrainConfig, Trainer
+    from .train import TrainConfig, Trainer, apply_recipe
 
     t0 = time.time()
     split = out / "split.json"
@@ -242,7 +264,10 @@ def pipeline(source: Path, out: Path, quick: bool = False, size: int = 224, epoc
     t = time.time()
     tcfg = TrainConfig(split=str(split), out=str(out / "train"), size=64 if quick else size,
                        width_mult=0.35 if quick else 1.0, epochs=6 if quick else epochs,
-                       max_train=0, max_val=0, lr=3e-3 if quick else 1e-3)
+                       max_train=0, max_val=0, lr=3e-3 if quick else 1e-3, threshold_rule=threshold,
+                       device=train_device)
+    tcfg = apply_recipe(tcfg, recipe)
+    _check_reuse(out / "train" / "config.json", tcfg)
     if not (out / "train" / "metrics.json").exists():
         Trainer(tcfg, log=log, show_progress=True).run(resume=(out / "train" / "last.pt").exists())
     steps["train"] = time.time() - t

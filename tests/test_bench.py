@@ -35,7 +35,7 @@ def test_bench_every_backend(bundles, tmp_path):
         vf = r["vs_float"]
         assert vf["matched"] == 64 and vf["label_mismatch"] == 0
         assert abs(vf["auc_drop"]) < 0.05 and vf["label_agreement"] >= 0.9
-        assert r["accuracy"]["auc"] > 0.85
+        assert r["accuracy"]["auc"] > 0.85 and 0 <= r["accuracy"]["ece"] < 0.5
         if r["subject"]["precision"] == "fp32":
             assert abs(vf["auc_drop"]) < 1e-3
     be = {r["subject"]["backend"]: r["runtime"] for r in recs}

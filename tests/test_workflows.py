@@ -37,6 +37,14 @@ def test_pipeline_quick_end_to_end(tmp_path):
     for ln in table:
         assert ln.split()[-1] in (("PASS", "FAIL") if "-int8" in ln.split()[0] else ("-",)), ln
     assert json.loads((out / "pipeline.json").read_text())["quick"] is True
+    cfg = json.loads((out / "train" / "config.json").read_text())["train"]
+    assert cfg["recipe"] == "acquisition" and cfg["threshold_rule"] == "sens=0.95"
+
+    # a step made with other settings is never silently reused
+    before = (out / "train" / "best.pt").read_bytes()
+    p = run_cli("pipeline", MINI, "--quick", "--out", out, "--recipe", "paper")
+    assert_clean_error(p, "recipe='acquisition'", "another --out")
+    assert (out / "train" / "best.pt").read_bytes() == before
 
 
 def test_pipeline_missing_source_is_a_clean_error(tmp_path):
