@@ -34,6 +34,7 @@ test: setup board-setup
 
 lint: setup
 	$(BIN)/ruff check edgecxr tests benchmarks
+	$(BIN)/lint-imports
 
 demo: setup
 	$(BIN)/edgecxr demo

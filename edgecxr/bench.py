@@ -19,12 +19,13 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .backends import Backend, open_backend
+from .backends import open_backend
+from .backends.base import Subject  # noqa: F401  (re-exported: bench.Subject is public)
 from .bundle import Bundle, IOSpec, verify
 from .errors import DataError, EdgeCXRError
 from .fsutil import atomic_append_line, sha256_file
 from .metrics import binary_metrics, delong_paired, expected_calibration_error, softmax_pos, summarize
-from .preprocess import PreprocessConfig, preprocess_grey
+from .preprocess import preprocess_grey
 from .sysinfo import default_device_name, device_facts, reset_peak_rss, rss_mb
 
 RECORD_SCHEMA = 1
@@ -42,24 +43,6 @@ class BenchConfig:
     accuracy: bool = True
     latency: bool = True
     options: dict[str, Any] = field(default_factory=dict)  # backend option overrides
-
-
-@dataclass
-class Subject:
-    """What is benchmarked: a verified bundle, or a host-only reference model."""
-
-    name: str
-    target: str
-    backend: str
-    precision: str
-    preprocess: PreprocessConfig
-    threshold: float | None
-    model_bytes: int
-    reference: dict[str, dict[str, Any]]
-    open: Callable[[int | None, dict], Backend]
-    meta: dict[str, Any]
-    default_threads: int | None = None
-    data_hint: dict[str, Any] | None = None
 
 
 def subject_from_bundle(path: str | Path) -> Subject:

@@ -222,6 +222,8 @@ def evaluate(
     save: Annotated[Path | None, typer.Option(help="Write a copy of the checkpoint carrying the threshold "
                                                    "re-chosen on validation (needs --split and --threshold)")] = None,
     reliability: Annotated[Path | None, typer.Option(help="Draw the reliability diagram (PNG) here")] = None,
+    fold_temperature: Annotated[bool, typer.Option(help="With --save: fold the temperature fitted on validation "
+                                                        "into the classifier (calibrated probabilities on every runtime)")] = False,
 ):
     """Clinical metrics: AUC with 95% DeLong CI, accuracy, sensitivity, specificity, PPV, NPV,
     and calibration (expected calibration error, the temperature that would fit these images).
@@ -231,7 +233,8 @@ def evaluate(
     from .evaluate import evaluate as run_eval
     from .train import format_metrics
 
-    res = run_eval(checkpoint, split, data, threshold, out, log=info, save=save, reliability=reliability)
+    res = run_eval(checkpoint, split, data, threshold, out, log=info, save=save, reliability=reliability,
+                   fold_temperature=fold_temperature)
     typer.echo(format_metrics(res["metrics"], res["data"]))
     cal = res["metrics"]["calibration"]
     typer.echo(f"calibration: ECE {cal['ece']:.4f} (15 bins); a temperature fitted on these images would be "
@@ -355,6 +358,7 @@ def bench(
       edgecxr bench dist/nuc-int8 --data data/eval --time 10 --extra-batch 8
     """
     from .bench import BenchConfig, run, store, subject_from_bundle
+    from .cli_output import print_bench
 
     opts = {}
     if ov_precision:
@@ -379,30 +383,7 @@ def bench(
         twin = reference if reference is not None and s.meta.get("bundle") and s.precision != "fp32" else None
         rec = run(s, data, cfg, device, log=info, reference=twin)
         path = None if no_store else store(rec, results)
-        _print_bench(rec, path)
-
-
-def _print_bench(rec: dict, path) -> None:
-    s, lat = rec["subject"], rec["latency_ms"]
-    acc, vf = rec.get("accuracy") or {}, rec.get("vs_float") or {}
-    auc = f"{acc['auc']:.4f}" if acc.get("auc") is not None else "-"
-    drop = f"{vf['auc_drop']:+.4f}" if vf.get("auc_drop") is not None else "-"
-    agree = f"{vf['label_agreement']:.3f}" if vf.get("label_agreement") is not None else "-"
-    rt = rec["runtime"]
-    typer.echo(f"{s['name']:<28} {s['model_bytes'] / 1e6:>8.2f} {lat['p50']:>8.2f} {lat['p90']:>8.2f} "
-               f"{lat['throughput_ips']:>7.1f} {auc:>7} {drop:>8} {agree:>6}  {rt['runtime']} {rt['runtime_version']} "
-               f"({rt['device']}, {rt['precision']}, {rec['config']['threads']} threads)"
-               + (f" -> {path}" if path else ""))
-    for n in rt.get("notes") or []:
-        typer.echo(f"  note: {n}")
-    if vf.get("against") == "fp32 twin bundle" or vf.get("fp32_twin"):
-        t = vf.get("fp32_twin") or vf
-        p = t.get("delong_p")
-        typer.echo(f"  vs fp32 twin {t['reference_bundle']}: n={t['n']} AUC drop {t.get('auc_drop', float('nan')):+.4f}"
-                   + (f" (DeLong p {p:.3f})" if p is not None else "")
-                   + f"  agreement {t['label_agreement']:.4f}  flipped {len(t['flipped'])}")
-        for f in t["flipped"][:10]:
-            typer.echo(f"    flipped: {f['path']} (label {f['label']}) p fp32 {f['p_fp32']:.3f} -> {f['p']:.3f}")
+        print_bench(rec, path)
 
 
 @app.command()

@@ -382,7 +382,7 @@ def remote_bench(
 
     Example: edgecxr remote bench dist/rpi4-int8 dist/rpi4-fp32 --port /dev/ttyUSB0 --iterations 200
     """
-    from .cli import _print_bench
+    from .cli_output import print_bench
 
     params: dict[str, Any] = {"warmup": warmup, "iterations": iterations, "time_budget_s": time_budget, "batch": batch,
               "extra_batch": extra_batch, "threads": threads, "max_images": max_images}
@@ -397,7 +397,7 @@ def remote_bench(
             if i == 0:
                 typer.echo(f"{'bundle':<28} {'size MB':>8} {'p50 ms':>8} {'p90 ms':>8} {'img/s':>7} {'AUC':>7} "
                            f"{'drop':>8} {'agree':>6}  runtime")
-            _print_bench(rec, path)
+            print_bench(rec, path)
 
 
 @remote_app.command("predict")

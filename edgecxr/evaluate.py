@@ -25,7 +25,8 @@ from .preprocess import PreprocessConfig, resize_grey
 
 def evaluate(checkpoint: str | Path, split: str | Path | None = None, data: str | Path | None = None,
              threshold: str | None = None, out: str | Path | None = None, log=print,
-             save: str | Path | None = None, reliability: str | Path | None = None) -> dict[str, Any]:
+             save: str | Path | None = None, reliability: str | Path | None = None,
+             fold_temperature: bool = False) -> dict[str, Any]:
     """Metrics of a checkpoint; ``save`` writes a copy carrying a threshold re-chosen on validation."""
     from .train import predict_cache
 
@@ -73,7 +74,13 @@ def evaluate(checkpoint: str | Path, split: str | Path | None = None, data: str 
         if split is None or not threshold:
             raise EdgeCXRError("--save writes a copy with a threshold re-chosen on validation: "
                                "give --split and --threshold")
-        _save_with_threshold(checkpoint, save, thr, threshold, m)
+    elif fold_temperature:
+        raise EdgeCXRError("--fold-temperature changes a copy of the checkpoint: give --save too")
+    if save:
+        _save_with_threshold(checkpoint, save, thr, threshold, m, temp if fold_temperature else None)
+        if fold_temperature:
+            log(f"folded temperature {temp:.3f} into the classifier of {save}; threshold "
+                f"{thr:.4f} -> {float(apply_temperature([thr], temp)[0]):.4f} (the same decisions)")
     if reliability:
         try:
             from .plots import plot_reliability
@@ -86,8 +93,14 @@ def evaluate(checkpoint: str | Path, split: str | Path | None = None, data: str 
     return result
 
 
-def _save_with_threshold(src: str | Path, dst: str | Path, thr: float, rule: str, metrics: dict) -> None:
-    """A copy of checkpoint ``src`` whose operating threshold is ``thr`` (rule ``rule`` on validation)."""
+def _save_with_threshold(src: str | Path, dst: str | Path, thr: float, rule: str, metrics: dict,
+                         temperature: float | None = None) -> None:
+    """A copy of checkpoint ``src`` whose operating threshold is ``thr`` (rule ``rule`` on validation).
+
+    With ``temperature``, the classifier's weights and bias are divided by it, so every runtime
+    the model is exported to gives the temperature-scaled probability; the threshold moves with
+    it and every decision stays the same.
+    """
     import io
 
     import torch
@@ -97,8 +110,18 @@ def _save_with_threshold(src: str | Path, dst: str | Path, thr: float, rule: str
     if Path(dst).resolve() == Path(src).resolve():
         raise EdgeCXRError("--save must name a new file, not the checkpoint itself", dst)
     blob = torch.load(src, map_location="cpu", weights_only=False)
+    if temperature is not None:
+        sd = blob["state_dict"]
+        keys = [k for k in sd if k.startswith("classifier.") and k.endswith((".weight", ".bias"))]
+        if not keys:
+            raise EdgeCXRError("no classifier layer to fold a temperature into", src)
+        for k in keys:
+            sd[k] = sd[k] / float(temperature)
+        thr = float(apply_temperature([thr], temperature)[0])
+        blob["temperature_folded"] = float(temperature)
     blob["threshold"], blob["threshold_rule"] = float(thr), rule
     blob["val_metrics"] = {k: v for k, v in metrics.items() if k != "calibration"}
+    blob["val_metrics"]["threshold"] = float(thr)
     buf = io.BytesIO()
     torch.save(blob, buf)
     atomic_write_bytes(dst, buf.getvalue())

@@ -482,6 +482,10 @@ class Trainer:
         method, target = _threshold_rule(cfg.threshold_rule)
         thr = choose_threshold(yva, prob, method, target)
         metrics = summarize(yva, prob, thr)
+        from .metrics import expected_calibration_error, fit_temperature, reliability_bins
+
+        metrics["ece"] = expected_calibration_error(yva, prob)
+        metrics["temperature_fit"] = fit_temperature(yva, prob)
         # re-save best.pt with its operating threshold
         blob = torch.load(out / "best.pt", map_location="cpu", weights_only=False)
         blob["threshold"] = thr
@@ -500,9 +504,10 @@ class Trainer:
                                                for it, p in zip(val_items, prob, strict=True)]
         atomic_write_text(out / "val_predictions.csv", "\n".join(lines) + "\n")
         try:
-            from .plots import plot_history, plot_roc
+            from .plots import plot_history, plot_reliability, plot_roc
 
             plot_history(history, out / "curves.png")
+            plot_reliability(reliability_bins(yva, prob), metrics["ece"], out / "reliability_val.png")
             plot_roc({"MobileNetV2 fp32 (val)": (yva, prob)}, out / "roc_val.png", thr_points={"MobileNetV2 fp32 (val)": thr})
         except ImportError:
             self.log("matplotlib not installed: no PNG plots")

@@ -146,6 +146,22 @@ def test_evaluate_calibration_and_save_threshold(tmp_path):
     assert TINY.read_bytes() == before
     assert_clean_error(run_cli("evaluate", TINY, "--data", MINI, "--save", tmp_path / "x.pt"), "--split")
     assert not (tmp_path / "x.pt").exists()
+    assert_clean_error(run_cli("evaluate", TINY, "--split", split, "--fold-temperature"), "--save")
+
+    # folding the fitted temperature into the classifier: same ranking, same decisions, and the
+    # temperature that would fit the folded model is 1
+    folded, out2 = tmp_path / "folded.pt", tmp_path / "m2.json"
+    p = run_cli("evaluate", TINY, "--split", split, "--threshold", "sens=0.9", "--save", folded, "--fold-temperature")
+    assert p.returncode == 0, p.stderr
+    assert "folded temperature" in p.stderr
+    p = run_cli("evaluate", folded, "--split", split, "--out", out2)
+    assert p.returncode == 0, p.stderr
+    m2 = json.loads(out2.read_text())["metrics"]
+    assert m2["auc"] == pytest.approx(m["auc"], abs=1e-9)
+    assert (m2["tp"], m2["fp"], m2["tn"], m2["fn"]) == (m["tp"], m["fp"], m["tn"], m["fn"])
+    assert m2["calibration"]["temperature_fit_here"] == pytest.approx(1.0, abs=0.02)
+    _, fmeta = load_checkpoint(folded)
+    assert fmeta["temperature_folded"] == pytest.approx(m["calibration"]["temperature_fit_here"])
 
 
 def test_evaluate_npz_names_its_part():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import numpy as np
 
 from ..bundle import IOSpec
 from ..errors import BundleError
+from ..preprocess import PreprocessConfig
 
 
 @dataclass
@@ -59,3 +61,21 @@ class Backend(ABC):
     def fail(self, what: str, e: BaseException) -> BundleError:
         msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else e.__class__.__name__
         return BundleError(f"{self.name}: {what} ({msg})", self.model_path)
+
+
+@dataclass
+class Subject:
+    """What is benchmarked: a verified bundle, or a host-only reference model."""
+
+    name: str
+    target: str
+    backend: str
+    precision: str
+    preprocess: PreprocessConfig
+    threshold: float | None
+    model_bytes: int
+    reference: dict[str, dict[str, Any]]
+    open: Callable[[int | None, dict], Backend]
+    meta: dict[str, Any]
+    default_threads: int | None = None
+    data_hint: dict[str, Any] | None = None

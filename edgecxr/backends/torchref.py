@@ -56,10 +56,10 @@ def subject_from_checkpoint(path):
     """Bench subject for the PyTorch fp32 model itself (host only)."""
     from pathlib import Path
 
-    from ..bench import Subject
     from ..bundle import IOSpec
     from ..model import read_checkpoint
     from ..preprocess import PreprocessConfig
+    from .base import Subject
 
     blob = read_checkpoint(path)
     pp = PreprocessConfig.from_dict(blob["preprocess"])
@@ -84,9 +84,9 @@ def subject_baseline(arch: str, size: int = 224):
 
     import torch
 
-    from ..bench import Subject
     from ..bundle import IOSpec
     from ..preprocess import PreprocessConfig
+    from .base import Subject
 
     pp = PreprocessConfig(size=size)
     m = build_baseline(arch)
