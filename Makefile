@@ -51,8 +51,9 @@ clean:
 CI_MODEL ?= $(firstword $(wildcard models/mnv2-ref-pruned*.pt) models/mnv2-ref.pt)
 CI_STRESS_IMAGES ?= 100
 # stress rows known to fail with the shipped recipes (shown as KNOWN with their numbers; see
-# benchmarks/quantization.md); keep in step with KNOWN_STRESS_FAILURES in edgecxr/workflows.py
-CI_EXPECT_FAIL ?= litert:noise
+# benchmarks/quantization.md); keep in step with KNOWN_STRESS_FAILURES in edgecxr/workflows.py.
+# None today: every int8 bundle of the retrained pruned model passes every corruption.
+CI_EXPECT_FAIL ?=
 ci-gate: setup
 	$(BIN)/edgecxr export $(CI_MODEL) --target rpi,nuc,jetson --precision both \
 		--data data/kermany224-val --calibration calibration/kermany224 --out dist/ci --force

@@ -75,9 +75,10 @@ def verdicts_of(rows) -> dict[str, str]:
 
 
 # Stress rows known to fail with the shipped recipes, each tracked by an open issue (the gate still
-# shows their numbers): LiteRT full-integer int8 under heavy quantum noise (agreement 0.964-0.973
-# against fp32 in benchmarks/quantization.md). Keep in step with CI_EXPECT_FAIL in the Makefile.
-KNOWN_STRESS_FAILURES = ["litert:noise"]
+# shows their numbers). None with the retrained models: LiteRT int8 under heavy quantum noise, the
+# one known failure of the first models (agreement 0.964-0.973 in benchmarks/quantization.md),
+# passes with them. Keep in step with CI_EXPECT_FAIL in the Makefile.
+KNOWN_STRESS_FAILURES: list[str] = []
 
 
 def _fmt(v, spec):
