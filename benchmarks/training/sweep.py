@@ -136,6 +136,8 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) // 2))
     ap.add_argument("--train-deadline", type=float, default=0, help="seconds; runs still going are stopped (0 = none)")
     ap.add_argument("--reference", default=str(ROOT / "models/mnv2-ref.pt"))
+    ap.add_argument("--score", action="append", default=[], metavar="NAME=CHECKPOINT",
+                    help="also score this checkpoint (with --runs '' only score, no training)")
     a = ap.parse_args()
 
     import torch
@@ -148,7 +150,7 @@ def main() -> int:
     (out / "runs").mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     procs = {}
-    for spec in a.runs.split(","):
+    for spec in [r for r in a.runs.split(",") if r]:
         recipe, seed = spec.split(":")
         name = f"{recipe}-s{seed}"
         rd = out / "runs" / name
@@ -196,6 +198,7 @@ def main() -> int:
                "severities": sevs, "held_out_families": list(HELD_OUT_FAMILIES)}
     ystress = yva[sidx]
     scored = [("shipped-mnv2-ref", Path(a.reference))] + [(n, out / "runs" / n / "best.pt") for n in status]
+    scored += [(spec.split("=", 1)[0], Path(spec.split("=", 1)[1])) for spec in a.score]
     for name, ck in scored:
         if not ck.exists():
             results["runs"][name] = {"error": "no best.pt", **status.get(name, {})}
