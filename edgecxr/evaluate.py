@@ -34,6 +34,11 @@ def evaluate(checkpoint: str | Path, split: str | Path | None = None, data: str 
     pp = PreprocessConfig.from_dict(meta["preprocess"])
     if (split is None) == (data is None):
         raise EdgeCXRError("give exactly one of --split (its validation part) or --data (a labelled folder or .npz)")
+    if save and (split is None or not threshold):
+        raise EdgeCXRError("--save writes a copy with a threshold re-chosen on validation: "
+                           "give --split and --threshold")
+    if fold_temperature and not save:
+        raise EdgeCXRError("--fold-temperature changes a copy of the checkpoint: give --save too")
     if split is not None:
         sm = SplitManifest.read(split)
         items = sm.subset("val")
@@ -70,12 +75,6 @@ def evaluate(checkpoint: str | Path, split: str | Path | None = None, data: str 
                         "bins": reliability_bins(y, prob)}
     result = {"checkpoint": str(checkpoint), "checkpoint_sha256": meta["sha256"], "data": where,
               "threshold_rule": rule, "metrics": m}
-    if save:
-        if split is None or not threshold:
-            raise EdgeCXRError("--save writes a copy with a threshold re-chosen on validation: "
-                               "give --split and --threshold")
-    elif fold_temperature:
-        raise EdgeCXRError("--fold-temperature changes a copy of the checkpoint: give --save too")
     if save:
         _save_with_threshold(checkpoint, save, thr, threshold, m, temp if fold_temperature else None)
         if fold_temperature:

@@ -273,20 +273,14 @@ def softmax_pos(logits: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------- calibration
 def expected_calibration_error(y, p, bins: int = 15) -> float:
-    """ECE of p(pneumonia) against the labels: equal-width bins, weighted |accuracy - confidence|.
+    """ECE of p(pneumonia) against the labels: equal-width bins, weighted |observed rate - mean p|.
 
     The binary form (the reliability of p for the positive class), the one reliability diagrams
-    of a two-class model show.
+    of a two-class model show; computed from the diagram's own bins.
     """
-    y, p = _check(y, p)
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    idx = np.clip(np.digitize(p, edges[1:-1], right=True), 0, bins - 1)
-    err = 0.0
-    for b in range(bins):
-        m = idx == b
-        if m.any():
-            err += m.mean() * abs(float(y[m].mean()) - float(p[m].mean()))
-    return float(err)
+    rb = reliability_bins(y, p, bins)
+    n = sum(b["n"] for b in rb)
+    return float(sum(b["n"] / n * abs(b["rate"] - b["mean_p"]) for b in rb if b["n"]))
 
 
 def reliability_bins(y, p, bins: int = 15) -> list[dict[str, float]]:
