@@ -51,7 +51,7 @@ clean:
 CI_MODEL ?= $(firstword $(wildcard models/mnv2-ref-pruned*.pt) models/mnv2-ref.pt)
 CI_STRESS_IMAGES ?= 100
 # stress rows known to fail with the shipped recipes (shown as KNOWN with their numbers; see
-# benchmarks/quantization.md); keep in step with KNOWN_STRESS_FAILURES in edgecxr/workflows.py.
+# benchmarks/quantization.md); keep in step with KNOWN_STRESS_FAILURES in edgecxr/host/workflows.py.
 # None today: every int8 bundle of the retrained pruned model passes every corruption.
 CI_EXPECT_FAIL ?=
 ci-gate: setup

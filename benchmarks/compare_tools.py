@@ -19,8 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edgecxr.bench import BenchConfig, run, subject_from_bundle
-from edgecxr.sysinfo import cpu_model
+from edgecxr.common.sysinfo import cpu_model
+from edgecxr.device.bench import BenchConfig, run, subject_from_bundle
 
 BIN = Path(sys.executable).parent
 

@@ -1,7 +1,7 @@
 import sys
 
 try:
-    from .cli import main
+    from edgecxr.cli.main import main
 except KeyboardInterrupt:  # Ctrl-C while still importing: no traceback
     print("edgecxr: error: interrupted; nothing was written", file=sys.stderr)
     sys.exit(130)

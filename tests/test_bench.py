@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from edgecxr.bench import BenchConfig, read_results, run, store, subject_from_bundle
-from edgecxr.errors import BundleError
+from edgecxr.common.errors import BundleError
+from edgecxr.device.bench import BenchConfig, read_results, run, store, subject_from_bundle
 
 from .conftest import MINI, ROOT, assert_clean_error, run_cli
 
@@ -113,11 +113,11 @@ def test_device_side_never_imports_torch(bundles, tmp_path):
     code = f"""
 import sys
 import edgecxr, edgecxr.cli, edgecxr.bench, edgecxr.bundle, edgecxr.backends, edgecxr.gate, edgecxr.predict
-import edgecxr.data, edgecxr.imageio, edgecxr.preprocess, edgecxr.metrics, edgecxr.report, edgecxr.targets
-from edgecxr.bench import run, subject_from_bundle, BenchConfig
+import edgecxr.common.data, edgecxr.imageio, edgecxr.preprocess, edgecxr.metrics, edgecxr.report, edgecxr.targets
+from edgecxr.device.bench import run, subject_from_bundle, BenchConfig
 for k in {sorted(str(v) for v in bundles.values())!r}:
     run(subject_from_bundle(k), {str(MINI)!r}, BenchConfig(iterations=2, warmup=0), device="x")
-from edgecxr.predict import predict
+from edgecxr.device.predict import predict
 predict({str(bundles['rpi-int8'])!r}, [{str(ROOT / 'tests/data/fullres/IM-0206-0001.jpeg')!r}])
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision", "litert_torch", "nncf", "onnx", "matplotlib"))
 print("HEAVY", heavy)

@@ -32,7 +32,7 @@ def board(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 
 def test_board_install_is_device_side_only():
     code = ("import importlib.util as u, numpy, tflite_runtime; "
-            "import edgecxr.bench, edgecxr.backends.litert, edgecxr.gate, edgecxr.link.agent; "
+            "import edgecxr.device.bench, edgecxr.device.backends.litert, edgecxr.device.gate, edgecxr.device.link.agent; "
             "print(numpy.__version__, tflite_runtime.__version__, "
             "[m for m in ('torch', 'ai_edge_litert', 'openvino', 'onnxruntime') if u.find_spec(m)])")
     p = board("-c", code)

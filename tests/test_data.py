@@ -4,8 +4,8 @@ import shutil
 import numpy as np
 import pytest
 
-from edgecxr.data import SplitManifest, make_split, patient_id, scan
-from edgecxr.errors import DataError, ImageReadError
+from edgecxr.common.data import SplitManifest, make_split, patient_id, scan
+from edgecxr.common.errors import DataError, ImageReadError
 
 from .conftest import MINI, NPZ, SHARED, assert_clean_error, run_cli
 

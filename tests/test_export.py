@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgecxr.backends import open_backend
-from edgecxr.bundle import verify
-from edgecxr.data import load_eval_set
-from edgecxr.export import float_logits, run_backend
-from edgecxr.metrics import softmax_pos
-from edgecxr.model import load_checkpoint
-from edgecxr.preprocess import PreprocessConfig, preprocess_grey
+from edgecxr.common.data import load_eval_set
+from edgecxr.common.metrics import softmax_pos
+from edgecxr.common.preprocess import PreprocessConfig, preprocess_grey
+from edgecxr.device.backends import open_backend
+from edgecxr.device.bundle import verify
+from edgecxr.host.export import float_logits, run_backend
+from edgecxr.host.model import load_checkpoint
 
 from .conftest import CALIB, MINI, TARGETS, TINY, assert_clean_error, run_cli
 
@@ -91,7 +91,7 @@ def test_litert_int8_is_full_integer(bundles):
 
 
 def test_archive_roundtrip(bundles, tmp_path):
-    from edgecxr.bundle import unpack
+    from edgecxr.device.bundle import unpack
 
     b = unpack(bundles["rpi-int8"].with_suffix(".tar"), tmp_path)
     assert json.loads((b.path / "manifest.json").read_text()) == verify(bundles["rpi-int8"]).manifest
@@ -120,9 +120,9 @@ def test_converter_noise_goes_to_a_log_kept_only_on_failure(tmp_path, monkeypatc
     import os
     import warnings
 
-    import edgecxr.export.openvino as ov_conv
-    from edgecxr.errors import EdgeCXRError
-    from edgecxr.export import export_bundle
+    import edgecxr.host.export.openvino as ov_conv
+    from edgecxr.common.errors import EdgeCXRError
+    from edgecxr.host.export import export_bundle
 
     def noisy_then_broken(*args, **kwargs):
         os.write(2, b"C++ NOISE from the converter\n")
@@ -171,7 +171,7 @@ def test_calibration_set_checks(tmp_path):
 
 
 def test_calibrate_command(tmp_path):
-    from edgecxr.calibrate import load_calibration_set
+    from edgecxr.host.calibrate import load_calibration_set
 
     split = tmp_path / "s.json"
     assert run_cli("data", "split", MINI, "--out", split).returncode == 0

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from edgecxr.bench import BenchConfig, run, store, subject_from_bundle
-from edgecxr.bundle import file_table, write_manifest
+from edgecxr.device.bench import BenchConfig, run, store, subject_from_bundle
+from edgecxr.device.bundle import file_table, write_manifest
 
 from .conftest import MINI, assert_clean_error, run_cli
 

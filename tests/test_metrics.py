@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from edgecxr.metrics import (
+from edgecxr.common.metrics import (
     auc_ci,
     binary_metrics,
     choose_threshold,

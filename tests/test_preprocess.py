@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from edgecxr.imageio import load_grey
-from edgecxr.preprocess import PreprocessConfig, normalize, preprocess_file, preprocess_grey, resize_grey
+from edgecxr.common.imageio import load_grey
+from edgecxr.common.preprocess import PreprocessConfig, normalize, preprocess_file, preprocess_grey, resize_grey
 
 from .conftest import FULLRES, MINI
 
@@ -31,7 +31,7 @@ def test_identity_resize_is_exact():
 
 def test_torch_normalisation_matches_numpy():
     torch = pytest.importorskip("torch")
-    from edgecxr.train import normalize_torch
+    from edgecxr.host.train import normalize_torch
 
     cfg = PreprocessConfig(size=64)
     g = resize_grey(load_grey(FULLRES / "IM-0206-0001.jpeg"), 64)

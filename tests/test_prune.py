@@ -13,9 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-from edgecxr.errors import EdgeCXRError
-from edgecxr.model import load_checkpoint, save_checkpoint
-from edgecxr.preprocess import PreprocessConfig
+from edgecxr.common.errors import EdgeCXRError
+from edgecxr.common.preprocess import PreprocessConfig
+from edgecxr.host.model import load_checkpoint, save_checkpoint
 
 from .conftest import CALIB, MINI, TARGETS, TINY, run_cli
 
@@ -36,7 +36,7 @@ def split(work) -> Path:
 @pytest.fixture(scope="module")
 def pruned(work, split):
     """TINY pruned at 0.5 in one step, magnitude importance, 1 fine-tune epoch on the MINI split."""
-    from edgecxr.prune import prune_checkpoint
+    from edgecxr.host.prune import prune_checkpoint
 
     logs: list[str] = []
     rec = prune_checkpoint(TINY, work / "pruned", 0.5, finetune_epochs=1, split=split, size=64, threads=2,
@@ -104,7 +104,7 @@ def test_pruned_checkpoint_loads_alone(pruned):
 
 
 def test_pruned_checkpoint_trains_further(pruned, split, tmp_path):
-    from edgecxr.train import TrainConfig, Trainer
+    from edgecxr.host.train import TrainConfig, Trainer
 
     _, out, _ = pruned
     cfg = TrainConfig(split=str(split), out=str(tmp_path / "more"), size=64, width_mult=0.35,
@@ -117,10 +117,10 @@ def test_pruned_checkpoint_trains_further(pruned, split, tmp_path):
 
 
 def test_pruned_model_exports_int8_to_every_runtime(pruned, tmp_path):
-    from edgecxr.backends import open_backend
-    from edgecxr.bundle import verify
-    from edgecxr.export import export_bundle, load_eval_set, run_backend
-    from edgecxr.metrics import softmax_pos
+    from edgecxr.common.metrics import softmax_pos
+    from edgecxr.device.backends import open_backend
+    from edgecxr.device.bundle import verify
+    from edgecxr.host.export import export_bundle, load_eval_set, run_backend
 
     _, out, _ = pruned
     ckpt = out / "best.pt"
@@ -139,7 +139,7 @@ def test_pruned_model_exports_int8_to_every_runtime(pruned, tmp_path):
 
 
 def test_taylor_iterative_without_finetuning(work, split):
-    from edgecxr.prune import prune_checkpoint
+    from edgecxr.host.prune import prune_checkpoint
 
     out = work / "taylor"
     rec = prune_checkpoint(TINY, out, 0.5, steps=2, importance="taylor", finetune_epochs=0, split=split,
@@ -154,7 +154,7 @@ def test_taylor_iterative_without_finetuning(work, split):
 
 
 def test_pruned_checkpoint_prunes_again(pruned, tmp_path, split):
-    from edgecxr.prune import prune_checkpoint
+    from edgecxr.host.prune import prune_checkpoint
 
     rec0, out0, _ = pruned
     rec = prune_checkpoint(out0 / "best.pt", tmp_path / "again", 0.25, finetune_epochs=0, split=split, bn_images=0,
@@ -168,7 +168,7 @@ def test_pruned_checkpoint_prunes_again(pruned, tmp_path, split):
 
 @pytest.mark.parametrize("ratio", [0, 1, 1.5, -0.2, float("nan")])
 def test_bad_ratio_is_refused_and_nothing_written(work, split, ratio):
-    from edgecxr.prune import prune_checkpoint
+    from edgecxr.host.prune import prune_checkpoint
 
     out = work / "bad" / f"r{ratio}"
     with pytest.raises(EdgeCXRError, match="ratio"):
@@ -177,7 +177,7 @@ def test_bad_ratio_is_refused_and_nothing_written(work, split, ratio):
 
 
 def test_ratio_that_empties_a_layer_is_refused(work, split):
-    from edgecxr.prune import prune_checkpoint
+    from edgecxr.host.prune import prune_checkpoint
 
     out = work / "bad" / "empty"
     with pytest.raises(EdgeCXRError, match="empty"):  # the 0.35x model has 8-channel layers
@@ -186,7 +186,7 @@ def test_ratio_that_empties_a_layer_is_refused(work, split):
 
 
 def test_not_an_edgecxr_mobilenet_is_refused(work, split, tmp_path):
-    from edgecxr.prune import prune_checkpoint
+    from edgecxr.host.prune import prune_checkpoint
 
     raw = tmp_path / "raw.pt"
     torch.save(nn.Linear(2, 2).state_dict(), raw)
@@ -204,7 +204,7 @@ def test_not_an_edgecxr_mobilenet_is_refused(work, split, tmp_path):
 
 
 def test_existing_output_is_not_replaced(work, split, tmp_path):
-    from edgecxr.prune import prune_checkpoint
+    from edgecxr.host.prune import prune_checkpoint
 
     out = tmp_path / "taken"
     out.mkdir()
@@ -218,7 +218,7 @@ def test_cli_prune_command(split, tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    from edgecxr.cli_prune import register
+    from edgecxr.cli.prune import register
 
     app = typer.Typer()
 

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from edgecxr.errors import EdgeCXRError
-from edgecxr.metrics import (
+from edgecxr.common.errors import EdgeCXRError
+from edgecxr.common.metrics import (
     apply_temperature,
     expected_calibration_error,
     fit_temperature,
     reliability_bins,
 )
-from edgecxr.model import load_checkpoint
-from edgecxr.train import (
+from edgecxr.host.model import load_checkpoint
+from edgecxr.host.train import (
     RECIPES,
     TrainConfig,
     apply_recipe,
@@ -32,9 +32,9 @@ from .conftest import MINI, NPZ, TINY, assert_clean_error, run_cli
 
 
 def _real_batch(n: int = 6, size: int = 64) -> torch.Tensor:
-    from edgecxr.data import scan
-    from edgecxr.imageio import load_grey
-    from edgecxr.preprocess import resize_grey
+    from edgecxr.common.data import scan
+    from edgecxr.common.imageio import load_grey
+    from edgecxr.common.preprocess import resize_grey
 
     items = scan(MINI).items[:n]
     return torch.from_numpy(np.stack([resize_grey(load_grey(MINI / it.path), size) for it in items]).astype(np.float32))
@@ -57,7 +57,7 @@ def test_augmentation_is_seeded_bounded_and_changes_images():
 
 
 def test_blur_keeps_mean_and_smooths():
-    from edgecxr.train import _gaussian_blur
+    from edgecxr.host.train import _gaussian_blur
 
     x = _real_batch(3)
     y = _gaussian_blur(x, torch.tensor([0.0, 1.0, 2.0]))

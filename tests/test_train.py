@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from edgecxr.model import load_checkpoint
+from edgecxr.host.model import load_checkpoint
 
 from .conftest import MINI, TINY, assert_clean_error, run_cli
 

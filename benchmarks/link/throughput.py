@@ -26,10 +26,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edgecxr.fsutil import sha256_file
-from edgecxr.link import Agent, FaultConfig, FaultRelay, LinkConfig, RemoteClient
-from edgecxr.link.files import CHUNK_HEADER
-from edgecxr.link.framing import OVERHEAD
+from edgecxr.common.fsutil import sha256_file
+from edgecxr.device.link import Agent, FaultConfig, FaultRelay, LinkConfig, RemoteClient
+from edgecxr.device.link.files import CHUNK_HEADER
+from edgecxr.device.link.framing import OVERHEAD
 
 HERE = Path(__file__).resolve().parent
 
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     md = (
         "# Serial link throughput\n\n"
         "File push (`RemoteClient.push`) from a host thread to an `Agent` thread over two pty pairs joined by\n"
-        "`edgecxr.link.faults.FaultRelay`, which paces bytes to the line rate (8N1: 10 bit times per byte).\n"
+        "`edgecxr.device.link.faults.FaultRelay`, which paces bytes to the line rate (8N1: 10 bit times per byte).\n"
         "Efficiency = file bytes / push time / (baud / 10); push time runs from FILE_BEGIN to the agent's\n"
         "verified RESPONSE (sha256 check and rename included).  The framing ceiling is chunk / (chunk + 12-byte\n"
         "chunk header + 19-byte frame overhead).  Faulty runs flip bits at a per-byte rate chosen to damage about\n"

@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """Pruning sweep: what each channel-pruning ratio costs in AUC and saves in MACs, size and int8 latency.
 
-For every ratio the checkpoint is pruned (``edgecxr.prune.prune_checkpoint``: torch-pruning,
+For every ratio the checkpoint is pruned (``edgecxr.host.prune.prune_checkpoint``: torch-pruning,
 channels rounded to 8, batch-norm statistics re-estimated, fine-tuned ``--finetune-epochs``
 per step on the split's training part), exported in int8 for rpi (LiteRT), nuc (OpenVINO) and
 jetson (ONNX Runtime) with the calibration set, and each bundle is benchmarked with the
-project's runner (``edgecxr.bench.run``, batch 1, ``--iterations`` timed calls).  The unpruned
+project's runner (``edgecxr.device.bench.run``, batch 1, ``--iterations`` timed calls).  The unpruned
 checkpoint is measured the same way as ratio 0 (``--no-baseline`` skips it).
 
 Recorded per ratio: MACs at the input size, parameters, fp32 state-dict size, validation AUC
@@ -78,7 +78,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def prune_one(args: argparse.Namespace, ratio: float, log) -> dict[str, Any]:
-    from edgecxr.prune import prune_checkpoint
+    from edgecxr.host.prune import prune_checkpoint
 
     out = args.work / f"ratio-{ratio:.2f}"
     rec_path = out / "prune.json"
@@ -92,8 +92,8 @@ def prune_one(args: argparse.Namespace, ratio: float, log) -> dict[str, Any]:
 
 def baseline_record(args: argparse.Namespace) -> dict[str, Any]:
     """The unpruned checkpoint, measured like a prune record (ratio 0)."""
-    from edgecxr.model import load_checkpoint
-    from edgecxr.prune import count_macs_params, fp32_bytes
+    from edgecxr.host.model import load_checkpoint
+    from edgecxr.host.prune import count_macs_params, fp32_bytes
 
     model, meta = load_checkpoint(args.checkpoint)
     size = int(meta["preprocess"]["size"])
@@ -103,8 +103,8 @@ def baseline_record(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def export_and_bench(args: argparse.Namespace, ckpt: Path, bundle_root: Path, ev, log) -> dict[str, Any]:
-    from edgecxr.bench import BenchConfig, run, subject_from_bundle
-    from edgecxr.export import export_bundle
+    from edgecxr.device.bench import BenchConfig, run, subject_from_bundle
+    from edgecxr.host.export import export_bundle
 
     out: dict[str, Any] = {}
     for t in [x.strip() for x in args.targets.split(",") if x.strip()]:
@@ -144,7 +144,7 @@ def add_paired_vs_unpruned(rows: list[dict[str, Any]]) -> None:
     """Paired DeLong test of each pruned fp32 model against the unpruned one, on identical images."""
     import numpy as np
 
-    from edgecxr.metrics import delong_paired
+    from edgecxr.common.metrics import delong_paired
 
     if not rows or rows[0]["ratio"] != 0:
         return
@@ -178,7 +178,7 @@ def markdown(doc: dict[str, Any]) -> str:
         f"split `{doc['split']}` (validation: n={doc['n_val']}); calibration `{doc['calibration']}`",
         f"- Pruning: {doc['importance']} importance, {doc['steps']} step(s), {doc['finetune_epochs']} fine-tune "
         f"epoch(s) per step, channels multiples of 8, stem conv and classifier outputs kept",
-        f"- Latency: `edgecxr.bench.run`, batch 1, {doc['warmup']} warm-up + {doc['iterations']} timed calls, "
+        f"- Latency: `edgecxr.device.bench.run`, batch 1, {doc['warmup']} warm-up + {doc['iterations']} timed calls, "
         "p50 in ms. The rpi/nuc/jetson bundles all run on *this* CPU (LiteRT, OpenVINO, ONNX Runtime CPU); "
         "shared 2-core VMs are noisy: compare within a column.",
         "",
@@ -226,7 +226,7 @@ def _f(v, spec: str = ".4f") -> str:
 
 
 def plot(doc: dict[str, Any], path: Path) -> None:
-    from edgecxr.plots import _plt, _save
+    from edgecxr.common.plots import _plt, _save
 
     plt = _plt()
     rows = doc["rows"]
@@ -252,12 +252,12 @@ def plot(doc: dict[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
-    from edgecxr.errors import EdgeCXRError
-    from edgecxr.export import load_eval_set
-    from edgecxr.fsutil import atomic_write_json, atomic_write_text, sha256_file
-    from edgecxr.model import read_checkpoint
-    from edgecxr.preprocess import PreprocessConfig
-    from edgecxr.sysinfo import device_facts
+    from edgecxr.common.errors import EdgeCXRError
+    from edgecxr.common.fsutil import atomic_write_json, atomic_write_text, sha256_file
+    from edgecxr.common.preprocess import PreprocessConfig
+    from edgecxr.common.sysinfo import device_facts
+    from edgecxr.host.export import load_eval_set
+    from edgecxr.host.model import read_checkpoint
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)

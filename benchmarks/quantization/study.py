@@ -3,10 +3,10 @@
 on the validation images and on the shift stress set, with size and latency side by side.
 
 For each checkpoint: fp32 bundles for rpi (LiteRT), nuc (OpenVINO) and jetson (ONNX Runtime),
-and one int8 bundle per recipe in ``edgecxr.export.recipes`` (all calibrated on the same
-calibration set); then ``edgecxr.gate`` on the validation images (against the PyTorch float
+and one int8 bundle per recipe in ``edgecxr.host.export.recipes`` (all calibrated on the same
+calibration set); then ``edgecxr.device.gate`` on the validation images (against the PyTorch float
 reference in each manifest) and on the stress set (against the fp32 twin run here), and
-``edgecxr.bench`` latency (batch 1, p50) for every int8 bundle in the same run.
+``edgecxr.device.bench`` latency (batch 1, p50) for every int8 bundle in the same run.
 
     python benchmarks/quantization/study.py models/mnv2-ref.pt models/mnv2-ref-pruned50.pt \\
         --data data/kermany224-val --calibration calibration/kermany224 --stress-images 200
@@ -52,15 +52,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results-dir", type=Path, default=HERE)
     a = ap.parse_args(argv)
 
-    from edgecxr.bench import BenchConfig, run, subject_from_bundle
-    from edgecxr.errors import GateFailure
-    from edgecxr.export import export_bundle, load_eval_set
-    from edgecxr.export.recipes import names as recipe_names
-    from edgecxr.gate import gate
-    from edgecxr.model import read_checkpoint
-    from edgecxr.preprocess import PreprocessConfig
-    from edgecxr.stress import make_stress_set
-    from edgecxr.sysinfo import default_device_name, device_facts
+    from edgecxr.common.errors import GateFailure
+    from edgecxr.common.preprocess import PreprocessConfig
+    from edgecxr.common.stress import make_stress_set
+    from edgecxr.common.sysinfo import default_device_name, device_facts
+    from edgecxr.device.bench import BenchConfig, run, subject_from_bundle
+    from edgecxr.device.gate import gate
+    from edgecxr.host.export import export_bundle, load_eval_set
+    from edgecxr.host.export.recipes import names as recipe_names
+    from edgecxr.host.model import read_checkpoint
 
     t0 = time.time()
     a.work.mkdir(parents=True, exist_ok=True)
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                 d["y"] += p["labels"]
                 d["f"] += p["p_fp32"]
                 d["q"] += p["p"]
-        from edgecxr.paired import compare
+        from edgecxr.device.paired import compare
 
         for b in int8s:
             subj = subject_from_bundle(b)

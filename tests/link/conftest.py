@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from edgecxr.link import Agent, FaultConfig, FaultRelay, LinkConfig, PtyPort, RemoteClient
+from edgecxr.device.link import Agent, FaultConfig, FaultRelay, LinkConfig, PtyPort, RemoteClient
 
 if sys.platform == "win32":  # ptys
     pytest.skip("the link tests need ptys", allow_module_level=True)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from edgecxr.link import (
+from edgecxr.device.link import (
     Agent,
     FaultConfig,
     LinkConfig,

@@ -22,12 +22,12 @@ import typer
 from typer.testing import CliRunner
 
 from edgecxr import LABELS
-from edgecxr.bundle import MANIFEST, pack, verify
-from edgecxr.cli_link import bench_remote, ensure_bundle, predict_remote, push_bundle, register
-from edgecxr.errors import BundleError, EdgeCXRError
-from edgecxr.fsutil import sha256_file
-from edgecxr.link import Agent, FaultConfig, FaultRelay, LinkConfig, PtyPort, RemoteClient, RemoteError
-from edgecxr.link.board import make_agent
+from edgecxr.cli.link import bench_remote, ensure_bundle, predict_remote, push_bundle, register
+from edgecxr.common.errors import BundleError, EdgeCXRError
+from edgecxr.common.fsutil import sha256_file
+from edgecxr.device.bundle import MANIFEST, pack, verify
+from edgecxr.device.link import Agent, FaultConfig, FaultRelay, LinkConfig, PtyPort, RemoteClient, RemoteError
+from edgecxr.device.link.board import make_agent
 from tests.conftest import MINI, ROOT
 
 BUNDLE = "nuc-int8"  # OpenVINO: the fastest runtime here
@@ -282,7 +282,7 @@ def test_agent_command_serves_without_torch_and_stops_on_ctrl_c(bundles, tmp_pat
     code = ("import atexit, sys, typer\n"
             "atexit.register(lambda: print('HEAVY', sorted({m.split('.')[0] for m in sys.modules} & set("
             f"{HEAVY!r})), file=sys.stderr))\n"
-            "from edgecxr.cli_link import register\n"
+            "from edgecxr.cli.link import register\n"
             "app = typer.Typer()\n"
             "app.callback()(lambda: None)\n"
             "register(app)\n"

@@ -3,7 +3,7 @@ from __future__ import annotations
 import os
 import time
 
-from edgecxr.link import FaultConfig, FaultRelay, PtyPort
+from edgecxr.device.link import FaultConfig, FaultRelay, PtyPort
 
 
 def read_exactly(port: PtyPort, n: int, timeout: float = 5.0) -> bytes:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from edgecxr.link import FileReceiver, TransferError
-from edgecxr.link.files import CHUNK_HEADER, check_name
+from edgecxr.device.link import FileReceiver, TransferError
+from edgecxr.device.link.files import CHUNK_HEADER, check_name
 
 
 def begin_meta(data: bytes, name: str = "bundle.tar", xid: int = 5) -> dict:

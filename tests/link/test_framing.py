@@ -5,7 +5,7 @@ import struct
 
 import pytest
 
-from edgecxr.link.framing import (
+from edgecxr.device.link.framing import (
     HEADER_SIZE,
     MAGIC,
     OVERHEAD,

@@ -8,10 +8,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from edgecxr.errors import EdgeCXRError
-from edgecxr.link import FaultConfig, FaultRelay, LinkConfig, LinkError, ProtocolMismatch, Transport, pty_pair
-from edgecxr.link.framing import FrameType, encode_frame
-from edgecxr.link.transport import PtyPort
+from edgecxr.common.errors import EdgeCXRError
+from edgecxr.device.link import FaultConfig, FaultRelay, LinkConfig, LinkError, ProtocolMismatch, Transport, pty_pair
+from edgecxr.device.link.framing import FrameType, encode_frame
+from edgecxr.device.link.transport import PtyPort
 
 FAST = LinkConfig(ack_timeout=0.25, max_retries=4)  # a silent peer is detected in (4 + 1) * 0.25 s
 

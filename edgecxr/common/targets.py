@@ -1,0 +1,90 @@
+"""Board profiles from ``targets/*.toml`` (device side).
+
+A profile names the backend, default precision, threads, input size,
+architecture, runtime package and version, backend options and how to install
+on the board.  Adding a board is adding a file.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgecxr.common.errors import EdgeCXRError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+BACKENDS = ("litert", "openvino", "onnxruntime", "torch")
+
+
+@dataclass
+class Target:
+    name: str
+    backend: str
+    precision: str
+    threads: int
+    input_size: int
+    arch: str
+    description: str = ""
+    aliases: list[str] = field(default_factory=list)
+    precisions: list[str] = field(default_factory=lambda: ["int8", "fp32"])
+    runtime: dict[str, Any] = field(default_factory=dict)
+    install: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+    quant: str = ""  # int8 recipe name (edgecxr.host.export.recipes); empty: the backend's default
+    path: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "path"}
+
+
+def targets_dir() -> Path:
+    env = os.environ.get("EDGECXR_TARGETS")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parent
+    for cand in (here.parent / "targets", here / "targets_data", Path.cwd() / "targets"):
+        if cand.is_dir():
+            return cand
+    raise EdgeCXRError("no targets/ folder found; set EDGECXR_TARGETS to the folder of board profiles")
+
+
+def load_target_file(path: Path) -> Target:
+    try:
+        d = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise EdgeCXRError(f"invalid target profile ({e})", path) from None
+    missing = [k for k in ("name", "backend", "precision", "threads", "input_size", "arch") if k not in d]
+    if missing:
+        raise EdgeCXRError(f"target profile lacks {', '.join(missing)}", path)
+    if d["backend"] not in BACKENDS:
+        raise EdgeCXRError(f"unknown backend {d['backend']!r} (known: {', '.join(BACKENDS)})", path)
+    known = set(Target.__dataclass_fields__)
+    return Target(**{k: v for k, v in d.items() if k in known}, path=str(path))
+
+
+def all_targets(folder: Path | None = None) -> dict[str, Target]:
+    folder = folder or targets_dir()
+    out: dict[str, Target] = {}
+    for p in sorted(folder.glob("*.toml")):
+        t = load_target_file(p)
+        out[t.name] = t
+    return out
+
+
+def get_target(name: str, folder: Path | None = None) -> Target:
+    ts = all_targets(folder)
+    key = name.lower()
+    if key in ts:
+        return ts[key]
+    for t in ts.values():
+        if key in [a.lower() for a in t.aliases]:
+            return t
+    names = ", ".join(sorted(list(ts) + [a for t in ts.values() for a in t.aliases]))
+    raise EdgeCXRError(f"unknown target {name!r}; known targets: {names}")

@@ -1,0 +1,89 @@
+"""PyTorch -> ONNX; int8 as QDQ in the form TensorRT's explicit quantisation accepts.
+
+int8: ONNX Runtime static quantisation, QDQ format, symmetric int8 activations
+and weights (zero point 0), per-channel weights, calibrated on the
+calibration set; weights in 7 bits by default so that x86 CPUs without VNNI
+do not saturate (recipes.py).  TensorRT builds an explicitly quantised engine from the Q/DQ
+nodes; ONNX Runtime's CPU provider runs the same file elsewhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgecxr.device.bundle import IOSpec
+from edgecxr.host.export.base import Converted
+from edgecxr.host.export.recipes import Recipe, get_recipe
+
+
+def convert(model: torch.nn.Module, size: int, channels: int, calib: list[np.ndarray] | None,
+            precision: str, out_dir: Path, recipe: Recipe | None = None) -> Converted:
+    import onnx
+    import onnxruntime as ort
+
+    fp32 = out_dir / ("model.onnx" if precision == "fp32" else ".fp32.onnx")
+    example = torch.zeros(1, channels, size, size)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.eval(), (example,), str(fp32), input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17,
+                          do_constant_folding=True, dynamo=False)
+    versions = {"torch.onnx": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__}
+    details: dict = {"opset": 17}
+    if precision == "int8":
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        pre = out_dir / ".pre.onnx"
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+
+        class Reader(CalibrationDataReader):
+            def __init__(self):
+                self._it = iter([{"input": x[None].astype(np.float32)} for x in calib or []])
+
+            def get_next(self):
+                return next(self._it, None)
+
+        recipe = recipe or get_recipe("onnxruntime")
+        rp = recipe.params
+        method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                  "entropy": CalibrationMethod.Entropy}[rp.get("calibrate_method", "minmax")]
+        extra = {"ActivationSymmetric": True, "WeightSymmetric": True}
+        if method == CalibrationMethod.Percentile:
+            extra["CalibPercentile"] = float(rp.get("percentile", 99.999))
+        exclude = []
+        if rp.get("float_classifier"):
+            # the last Gemm (the classifier) and its logits stay float: TensorRT runs an unquantized
+            # layer in fp16/fp32 inside an explicitly quantized engine
+            exclude = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type in ("Gemm", "MatMul")][-1:]
+        quantize_static(str(pre), str(out_dir / "model.onnx"), Reader(), quant_format=QuantFormat.QDQ,
+                        nodes_to_exclude=exclude,
+                        per_channel=True, reduce_range=bool(rp.get("reduce_range", True)),
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=method, extra_options=extra)
+        fp32.unlink()
+        pre.unlink()
+        for leftover in out_dir.glob("*.onnx.data"):
+            leftover.unlink()
+        details["quantization"] = f"{recipe.name}: {recipe.description}"
+        details["recipe"] = recipe.to_dict()
+        details["calibration_images"] = len(calib or [])
+    m = onnx.load(str(out_dir / "model.onnx"))
+    ops: dict[str, int] = {}
+    for n in m.graph.node:
+        ops[n.op_type] = ops.get(n.op_type, 0) + 1
+    details["ops"] = ops
+    return Converted("model.onnx", ["model.onnx"], IOSpec("input", [1, channels, size, size], "NCHW", "float32"),
+                     IOSpec("logits", [1, 2], "NC", "float32"), versions, details)

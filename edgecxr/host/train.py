@@ -1,0 +1,568 @@
+"""Training MobileNetV2 on a recorded split (host side, torch).
+
+Recipe (the paper's): Adam, cosine annealing, early stopping on validation
+loss, random rotations and horizontal flips, class weighting for the ~1:3
+imbalance.  Every knob is a named field of ``TrainConfig``; a run directory
+holds config.json, history.csv, last.pt, best.pt, metrics.json,
+val_predictions.csv and the PNG curves.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import platform
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgecxr import LABELS, __version__
+from edgecxr.common.data import Item, SplitManifest
+from edgecxr.common.errors import EdgeCXRError
+from edgecxr.common.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
+from edgecxr.common.metrics import choose_threshold, softmax_pos, summarize
+from edgecxr.common.preprocess import PreprocessConfig, resize_grey
+from edgecxr.host.model import (
+    build_from_arch,
+    build_mobilenet_v2,
+    describe_arch,
+    imagenet_mobilenet_v2,
+    load_init_weights,
+    read_checkpoint,
+    save_checkpoint,
+)
+
+
+@dataclass
+class TrainConfig:
+    split: str
+    out: str
+    size: int = 224
+    width_mult: float = 1.0
+    init: str = "none"  # none | imagenet | PATH
+    freeze_blocks: int = 0  # freeze the first K blocks of model.features
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    min_lr: float = 1e-6
+    patience: int = 5
+    rotation: float = 10.0  # degrees, uniform in [-r, r]
+    hflip: bool = True
+    class_weighting: bool = True
+    label_smoothing: float = 0.0
+    # acquisition-aware augmentation (0 = off; "paper" recipe uses none of them)
+    zoom: float = 0.0  # random scale in [1/(1+z), 1+z] (zoom in and out)
+    translate: float = 0.0  # random shift, fraction of the image size
+    intensity: float = 0.0  # exposure, contrast and gamma jitter strength
+    noise: float = 0.0  # max Gaussian noise sigma (grey 0..1)
+    blur: float = 0.0  # max Gaussian blur sigma in pixels at 224 px
+    mixup: float = 0.0  # Beta(a, a) mixup alpha (0 = off)
+    ema: float = 0.0  # EMA decay of the weights used for validation and best.pt (0 = off)
+    recipe: str = "custom"
+    device: str = "auto"  # auto | cpu | cuda
+    seed: int = 0
+    threads: int = 0  # 0 = all cores
+    max_train: int = 0  # 0 = all; >0 caps the training images (quick runs)
+    max_val: int = 0
+    threshold_rule: str = "youden"
+    data_root: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _cap(items: list[Item], n: int, seed: int) -> list[Item]:
+    if n <= 0 or n >= len(items):
+        return items
+    # stratified cap: keep class proportions
+    rng = np.random.default_rng(seed)
+    out: list[Item] = []
+    for lab in (0, 1):
+        grp = [it for it in items if it.label == lab]
+        k = max(1, int(round(n * len(grp) / len(items))))
+        idx = sorted(rng.choice(len(grp), size=min(k, len(grp)), replace=False))
+        out += [grp[i] for i in idx]
+    return out
+
+
+def load_cache(split: SplitManifest, items: list[Item], size: int, progress=None) -> np.ndarray:
+    """Grey [0,1] images resized to size, as float16 N x H x W (the numpy preprocessing)."""
+    arr = np.empty((len(items), size, size), dtype=np.float16)
+    for i, it in enumerate(items):
+        arr[i] = resize_grey(split.load(it), size)
+        if progress:
+            progress(i + 1)
+    return arr
+
+
+def normalize_torch(x: torch.Tensor, pp: PreprocessConfig) -> torch.Tensor:
+    """N x H x W grey [0,1] -> N x C x H x W; same arithmetic as preprocess.normalize."""
+    mean = torch.tensor(pp.mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(pp.std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    return (x.unsqueeze(1).float() - mean) / std
+
+
+# Named training recipes: what `edgecxr train --recipe NAME` sets before the explicit options.
+RECIPES: dict[str, dict[str, Any]] = {
+    # the seed paper's: rotations and flips only
+    "paper": {"rotation": 10.0, "hflip": True, "zoom": 0.0, "translate": 0.0, "intensity": 0.0,
+              "noise": 0.0, "blur": 0.0, "mixup": 0.0, "ema": 0.0, "label_smoothing": 0.0},
+    # acquisition-aware augmentation: field of view (zoom, shift), exposure/contrast/gamma,
+    # detector noise and focus; JPEG, resampling and quantum noise are left out on purpose so
+    # that the stress set keeps families the model never trained on
+    "acquisition": {"rotation": 10.0, "hflip": True, "zoom": 0.15, "translate": 0.06, "intensity": 0.3,
+                    "noise": 0.03, "blur": 1.2, "mixup": 0.0, "ema": 0.0, "label_smoothing": 0.0},
+}
+RECIPES["robust"] = {**RECIPES["acquisition"], "label_smoothing": 0.1, "ema": 0.999}
+RECIPES["robust-mixup"] = {**RECIPES["robust"], "mixup": 0.2}
+
+
+def apply_recipe(cfg: TrainConfig, name: str, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """A copy of cfg with recipe ``name``'s settings, then ``overrides`` (explicit options) on top."""
+    if name not in RECIPES:
+        raise EdgeCXRError(f"unknown training recipe {name!r}; choose one of {', '.join(RECIPES)}")
+    vals = {**asdict(cfg), **RECIPES[name], **(overrides or {}), "recipe": name}
+    return TrainConfig(**vals)
+
+
+def ema_warmup_fn(decay: float):
+    """EMA update for ``AveragedModel(multi_avg_fn=...)`` with the usual warm-up.
+
+    The effective decay is min(decay, (1 + n) / (10 + n)) after n updates: a plain 0.999 EMA
+    still holds half of the random initial weights after 700 steps (10 epochs of this data at
+    batch 64), and such a mixture with averaged batch-norm statistics predicts nothing.
+    """
+    @torch.no_grad()
+    def update(avg: list[torch.Tensor], cur: list[torch.Tensor], num_averaged) -> None:
+        n = float(num_averaged)
+        d = min(decay, (1.0 + n) / (10.0 + n))
+        floats = [(a, c) for a, c in zip(avg, cur, strict=True) if a.is_floating_point()]
+        if floats:
+            torch._foreach_lerp_([a for a, _ in floats], [c for _, c in floats], 1.0 - d)
+        for a, c in zip(avg, cur, strict=True):
+            if not a.is_floating_point():
+                a.copy_(c)
+
+    return update
+
+
+def resolve_device(name: str) -> torch.device:
+    name = (name or "auto").lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise EdgeCXRError(f"unknown --device {name!r}; choose auto, cpu or cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise EdgeCXRError("--device cuda: no CUDA GPU is visible to torch on this machine")
+    return torch.device(name)
+
+
+def augment(x: torch.Tensor, rotation: float, hflip: bool, gen: torch.Generator,
+            zoom: float = 0.0, translate: float = 0.0) -> torch.Tensor:
+    """Random rotation, zoom and shift (one bilinear warp, zero fill) and horizontal flip of N x H x W.
+
+    Random numbers come from ``gen`` on the CPU whatever the device of ``x``, so a run draws the
+    same augmentation on CPU and GPU.
+    """
+    n = x.shape[0]
+    ang = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(rotation)
+    cos, sin = torch.cos(ang), torch.sin(ang)
+    flip = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0) if hflip else torch.ones(n)
+    scale = torch.ones(n)
+    if zoom > 0:
+        scale = torch.exp((torch.rand(n, generator=gen) * 2 - 1) * math.log1p(zoom))
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = cos * flip * scale
+    theta[:, 0, 1] = -sin * scale
+    theta[:, 1, 0] = sin * flip * scale
+    theta[:, 1, 1] = cos * scale
+    if translate > 0:
+        theta[:, :, 2] = (torch.rand(n, 2, generator=gen) * 2 - 1) * 2 * translate
+    grid = F.affine_grid(theta.to(x.device), (n, 1, x.shape[1], x.shape[2]), align_corners=False)
+    return F.grid_sample(x.unsqueeze(1).float(), grid, mode="bilinear", padding_mode="zeros",
+                         align_corners=False).squeeze(1)
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur of N x H x W with one sigma (pixels) per image; sigma 0 = identity."""
+    n = x.shape[0]
+    r = max(1, int(math.ceil(3 * float(sigma.max()))))
+    t = torch.arange(-r, r + 1, dtype=torch.float32, device=x.device)
+    s = sigma.to(x.device).clamp_min(1e-3).view(n, 1)
+    k = torch.exp(-0.5 * (t.view(1, -1) / s) ** 2)
+    k = k / k.sum(1, keepdim=True)
+    y = x.unsqueeze(0)  # 1 x N x H x W, one group per image
+    y = F.conv2d(F.pad(y, (r, r, 0, 0), mode="replicate"), k.view(n, 1, 1, -1), groups=n)
+    y = F.conv2d(F.pad(y, (0, 0, r, r), mode="replicate"), k.view(n, 1, -1, 1), groups=n)
+    return y.squeeze(0)
+
+
+def photometric(x: torch.Tensor, gen: torch.Generator, intensity: float, noise: float,
+                blur: float) -> torch.Tensor:
+    """Acquisition jitter on grey [0, 1] N x H x W: exposure, contrast, gamma, blur, detector noise.
+
+    Each applies to a random half (or more) of the batch; strengths are drawn per image.
+    """
+    n = x.shape[0]
+    dev = x.device
+
+    def u(lo: float, hi: float) -> torch.Tensor:
+        return (lo + (hi - lo) * torch.rand(n, generator=gen)).to(dev).view(n, 1, 1)
+
+    def on(p: float) -> torch.Tensor:
+        return (torch.rand(n, generator=gen) < p).to(dev).view(n, 1, 1)
+
+    if intensity > 0:
+        m = x.mean(dim=(1, 2), keepdim=True)
+        c = torch.exp(u(-intensity, intensity))
+        x = torch.where(on(0.5), m + (x - m) * c, x)
+        x = torch.where(on(0.5), x + u(-intensity / 2, intensity / 2), x)
+        g = torch.exp(u(-2 * intensity, 2 * intensity))
+        x = torch.where(on(0.5), x.clamp(0, 1) ** g, x)
+    if blur > 0:
+        sig = torch.rand(n, generator=gen) * blur * x.shape[-1] / 224.0
+        sig = torch.where(torch.rand(n, generator=gen) < 0.3, sig, torch.zeros(n))
+        if float(sig.max()) > 0.05:
+            x = _gaussian_blur(x, sig)
+    if noise > 0:
+        sig = u(0.0, noise) * on(0.5)
+        dgen = torch.Generator(device=dev).manual_seed(int(torch.randint(2**62, (1,), generator=gen)))
+        x = x + sig * torch.randn(x.shape, generator=dgen, device=dev)
+    return x.clamp(0, 1)
+
+
+def freeze_first_blocks(model: nn.Module, k: int) -> None:
+    for i, block in enumerate(model.features):
+        if i < k:
+            for p in block.parameters():
+                p.requires_grad_(False)
+
+
+@torch.no_grad()
+def predict_cache(model: nn.Module, cache: np.ndarray, pp: PreprocessConfig, bs: int = 64,
+                  device: torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(logits N x 2, p(pneumonia) N) for a cached grey array (fp32 arithmetic on any device)."""
+    model.eval()
+    device = device or next(model.parameters()).device
+    outs = []
+    for i in range(0, len(cache), bs):
+        xb = torch.from_numpy(cache[i:i + bs].astype(np.float32)).to(device)
+        xb = normalize_torch(xb, pp)
+        if device.type == "cuda":
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        outs.append(model(xb).float().cpu())
+    logits = torch.cat(outs).numpy() if outs else np.zeros((0, 2), np.float32)
+    return logits, softmax_pos(logits)
+
+
+def env_record() -> dict[str, Any]:
+    import torchvision
+
+    return {
+        "edgecxr": __version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def make_model(cfg: TrainConfig, log) -> tuple[nn.Module, dict]:
+    init = cfg.init
+    if init == "imagenet":
+        if cfg.width_mult != 1.0:
+            raise EdgeCXRError("--init imagenet needs --width 1.0 (torchvision ships weights only for 1.0)")
+        model = imagenet_mobilenet_v2(2)
+        info = {"init": "imagenet", "weights": "MobileNet_V2_Weights.IMAGENET1K_V1"}
+    elif init == "none":
+        model = build_mobilenet_v2(cfg.width_mult, 2)
+        info = {"init": "none"}
+    else:
+        p = Path(init)
+        try:
+            blob = read_checkpoint(p)
+            model = build_from_arch(blob["arch"], blob["state_dict"])
+            info = {"init": str(p), "sha256": sha256_file(p), "from_checkpoint": True}
+            if blob["arch"].get("pruned"):
+                info["arch"] = blob["arch"]
+        except EdgeCXRError:
+            model = build_mobilenet_v2(cfg.width_mult, 2)
+            skipped = load_init_weights(model, p)
+            info = {"init": str(p), "sha256": sha256_file(p), "skipped_keys": skipped}
+            if skipped:
+                log(f"init: {len(skipped)} tensors of {p} did not fit and were skipped (e.g. {skipped[0]})")
+    return model, info
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, log=print, show_progress: bool = True):
+        self.cfg = cfg
+        self.log = log
+        self.show_progress = show_progress
+        self.out = Path(cfg.out)
+
+    def run(self, resume: bool = False) -> dict[str, Any]:
+        cfg = self.cfg
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        out = self.out
+        last_path = out / "last.pt"
+        if resume:
+            if not last_path.exists():
+                raise EdgeCXRError("nothing to resume: no last.pt in the run folder", out)
+            saved_cfg = json.loads((out / "config.json").read_text())["train"]
+            saved_cfg.pop("extra", None)
+            cfg = self.cfg = TrainConfig(**{**saved_cfg, "epochs": cfg.epochs or saved_cfg["epochs"]})
+        elif out.exists() and any(out.glob("*.pt")):
+            raise EdgeCXRError("run folder already has checkpoints; use --resume to continue or another --out", out)
+        out.mkdir(parents=True, exist_ok=True)
+        seed_everything(cfg.seed)
+        split = SplitManifest.read(cfg.split, cfg.data_root)
+        pp = PreprocessConfig(size=cfg.size)
+        train_items = _cap(split.subset("train"), cfg.max_train, cfg.seed)
+        val_items = _cap(split.subset("val"), cfg.max_val, cfg.seed)
+        if not train_items or not val_items:
+            raise EdgeCXRError("split has an empty train or val part", cfg.split)
+        for name, its in (("train", train_items), ("val", val_items)):
+            if len({it.label for it in its}) < 2:
+                raise EdgeCXRError(f"the {name} part of the split has a single class", cfg.split)
+
+        self.log(f"data: {len(train_items)} train / {len(val_items)} val images at {cfg.size}px "
+                 f"(split {cfg.split}, seed {split.seed})")
+        t0 = time.time()
+        xtr = self._cache(split, train_items, cfg.size, "loading train images")
+        xva = self._cache(split, val_items, cfg.size, "loading val images")
+        ytr = torch.tensor([it.label for it in train_items])
+        yva = np.array([it.label for it in val_items])
+        self.log(f"data cached in {time.time() - t0:.1f}s")
+
+        device = resolve_device(cfg.device)
+        model, init_info = make_model(cfg, self.log)
+        arch = init_info.get("arch") or describe_arch(model, cfg.width_mult)
+        freeze_first_blocks(model, cfg.freeze_blocks)
+        cuda = device.type == "cuda"
+        model = model.to(device, memory_format=torch.channels_last) if cuda else model
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1), eta_min=cfg.min_lr)
+        counts = torch.bincount(ytr, minlength=2).float()
+        weights = (counts.sum() / (2 * counts)) if cfg.class_weighting else torch.ones(2)
+        loss_fn = nn.CrossEntropyLoss(weight=weights.to(device), label_smoothing=cfg.label_smoothing)
+        val_loss_fn = nn.CrossEntropyLoss(weight=weights)
+        ema = None
+        if cfg.ema > 0:
+            from torch.optim.swa_utils import AveragedModel
+
+            ema = AveragedModel(model, multi_avg_fn=ema_warmup_fn(cfg.ema), use_buffers=True)
+        eval_model = ema.module if ema is not None else model
+        if cuda:
+            xtr_dev = torch.from_numpy(xtr).to(device)  # float16 N x H x W on the GPU
+            ytr_dev = ytr.to(device)
+        self.log(f"device: {device}" + (f" ({torch.cuda.get_device_name(device)}, bf16 autocast)" if cuda else ""))
+
+        start_epoch, best_loss, bad_epochs, history = 0, math.inf, 0, []
+        gen = torch.Generator().manual_seed(cfg.seed)
+        if resume:
+            blob = torch.load(last_path, map_location="cpu", weights_only=False)
+            model.load_state_dict(blob["state_dict"])
+            if ema is not None and blob.get("ema") is not None:
+                ema.load_state_dict(blob["ema"])
+            opt.load_state_dict(blob["optimizer"])
+            sched.load_state_dict(blob["scheduler"])
+            gen.set_state(blob["rng"]["torch_gen"])
+            torch.set_rng_state(blob["rng"]["torch"])
+            start_epoch = blob["epoch"] + 1
+            best_loss, bad_epochs = blob["best_loss"], blob["bad_epochs"]
+            history = blob["history"]
+            self.log(f"resumed from {last_path} after epoch {blob['epoch'] + 1}")
+        else:
+            atomic_write_json(out / "config.json", {
+                "train": asdict(cfg), "preprocess": pp.to_dict(), "arch": arch, "init": init_info,
+                "split_sha256": sha256_file(cfg.split), "class_weights": weights.tolist(),
+                "env": env_record(),
+            })
+
+        n = len(train_items)
+        steps = math.ceil(n / cfg.batch_size)
+        for epoch in range(start_epoch, cfg.epochs):
+            if bad_epochs >= cfg.patience:
+                break
+            t_ep = time.time()
+            model.train()
+            perm = torch.randperm(n, generator=gen)
+            tot, seen = 0.0, 0
+            with self._bar(steps, f"epoch {epoch + 1}/{cfg.epochs}") as step:
+                for s in range(steps):
+                    idx = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+                    if len(idx) < 2:  # BatchNorm needs > 1 sample
+                        continue
+                    if cuda:
+                        xb, yb = xtr_dev[idx.to(device)].float(), ytr_dev[idx.to(device)]
+                    else:
+                        xb, yb = torch.from_numpy(xtr[idx.numpy()].astype(np.float32)), ytr[idx]
+                    xb = augment(xb, cfg.rotation, cfg.hflip, gen, cfg.zoom, cfg.translate)
+                    if cfg.intensity > 0 or cfg.noise > 0 or cfg.blur > 0:
+                        xb = photometric(xb, gen, cfg.intensity, cfg.noise, cfg.blur)
+                    xb = normalize_torch(xb, pp)
+                    lam, perm_b = 1.0, None
+                    if cfg.mixup > 0:
+                        lam = float(np.random.default_rng(int(torch.randint(2**31, (1,), generator=gen)))
+                                    .beta(cfg.mixup, cfg.mixup))
+                        perm_b = torch.randperm(len(idx), generator=gen).to(xb.device)
+                        xb = lam * xb + (1 - lam) * xb[perm_b]
+                    if cuda:
+                        xb = xb.contiguous(memory_format=torch.channels_last)
+                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                        out_b = model(xb)
+                    out_b = out_b.float()
+                    loss = loss_fn(out_b, yb)
+                    if perm_b is not None:
+                        loss = lam * loss + (1 - lam) * loss_fn(out_b, yb[perm_b])
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    if ema is not None:
+                        ema.update_parameters(model)
+                    tot += loss.item() * len(idx)
+                    seen += len(idx)
+                    step()
+            sched.step()
+            logits, prob = predict_cache(eval_model, xva, pp)
+            vloss = float(val_loss_fn(torch.from_numpy(logits), torch.from_numpy(yva)))
+            from edgecxr.common.metrics import binary_metrics, roc_auc
+
+            vauc = roc_auc(yva, prob)
+            vacc = binary_metrics(yva, prob, 0.5).accuracy
+            row = {"epoch": epoch + 1, "train_loss": tot / max(seen, 1), "val_loss": vloss,
+                   "val_auc": vauc, "val_acc@0.5": vacc, "lr": opt.param_groups[0]["lr"],
+                   "seconds": time.time() - t_ep}
+            history.append(row)
+            improved = vloss < best_loss - 1e-6
+            if improved:
+                best_loss, bad_epochs = vloss, 0
+                save_checkpoint(out / "best.pt", eval_model, arch, pp, None,
+                                {"epoch": epoch + 1, "val_loss": vloss, "val_auc": vauc, "train": asdict(cfg)})
+            else:
+                bad_epochs += 1
+            self._write_history(history)
+            self._save_last(model, opt, sched, gen, epoch, best_loss, bad_epochs, history, arch, pp, ema)
+            self.log(f"epoch {epoch + 1}: train_loss {row['train_loss']:.4f} val_loss {vloss:.4f} "
+                     f"val_auc {vauc:.4f} val_acc@0.5 {vacc:.4f} ({row['seconds']:.0f}s)"
+                     + (" *best" if improved else f" (no improvement {bad_epochs}/{cfg.patience})"))
+        stopped_early = bad_epochs >= cfg.patience and len(history) < cfg.epochs
+        return self.finish(split, val_items, xva, yva, pp, history, stopped_early, time.time() - t0)
+
+    def finish(self, split, val_items, xva, yva, pp, history, stopped_early, wall) -> dict[str, Any]:
+        from edgecxr.host.model import load_checkpoint
+
+        out, cfg = self.out, self.cfg
+        model, meta = load_checkpoint(out / "best.pt")
+        _, prob = predict_cache(model, xva, pp)
+        method, target = _threshold_rule(cfg.threshold_rule)
+        thr = choose_threshold(yva, prob, method, target)
+        metrics = summarize(yva, prob, thr)
+        from edgecxr.common.metrics import expected_calibration_error, fit_temperature, reliability_bins
+
+        metrics["ece"] = expected_calibration_error(yva, prob)
+        metrics["temperature_fit"] = fit_temperature(yva, prob)
+        # re-save best.pt with its operating threshold
+        blob = torch.load(out / "best.pt", map_location="cpu", weights_only=False)
+        blob["threshold"] = thr
+        blob["threshold_rule"] = cfg.threshold_rule
+        blob["val_metrics"] = metrics
+        buf = io.BytesIO()
+        torch.save(blob, buf)
+        atomic_write_bytes(out / "best.pt", buf.getvalue())
+        result = {
+            "split": "val", "threshold_rule": cfg.threshold_rule, "best_epoch": meta.get("epoch"),
+            "epochs_run": len(history), "stopped_early": stopped_early,
+            "wall_seconds": wall, "metrics": metrics, "note": "validation split, not the held-out test split",
+        }
+        atomic_write_json(out / "metrics.json", result)
+        lines = ["sha256,path,label,prob"] + [f"{it.sha256},{it.path},{it.label},{p:.6f}"
+                                               for it, p in zip(val_items, prob, strict=True)]
+        atomic_write_text(out / "val_predictions.csv", "\n".join(lines) + "\n")
+        try:
+            from edgecxr.common.plots import plot_history, plot_reliability, plot_roc
+
+            plot_history(history, out / "curves.png")
+            plot_reliability(reliability_bins(yva, prob), metrics["ece"], out / "reliability_val.png")
+            plot_roc({"MobileNetV2 fp32 (val)": (yva, prob)}, out / "roc_val.png", thr_points={"MobileNetV2 fp32 (val)": thr})
+        except ImportError:
+            self.log("matplotlib not installed: no PNG plots")
+        self.log(format_metrics(metrics, "validation"))
+        return result
+
+    def _cache(self, split, items, size, desc):
+        with self._bar(len(items), desc) as step:
+            return load_cache(split, items, size, lambda i: step())
+
+    def _bar(self, total: int, desc: str):
+        from edgecxr.common.progress import bar
+
+        return bar(total, desc, enabled=self.show_progress)
+
+    def _write_history(self, history: list[dict]) -> None:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(history[0].keys()))
+        w.writeheader()
+        w.writerows(history)
+        atomic_write_text(self.out / "history.csv", buf.getvalue())
+
+    def _save_last(self, model, opt, sched, gen, epoch, best_loss, bad_epochs, history, arch, pp, ema=None) -> None:
+        save_checkpoint(self.out / "last.pt", model, arch, pp, None, {
+            "ema": _cpu_state(ema.state_dict()) if ema is not None else None,
+            "epoch": epoch, "optimizer": _cpu_state(opt.state_dict()), "scheduler": sched.state_dict(),
+            "rng": {"torch_gen": gen.get_state(), "torch": torch.get_rng_state()},
+            "best_loss": best_loss, "bad_epochs": bad_epochs, "history": history,
+        })
+
+
+def _cpu_state(obj):
+    """A state dict (nested) with every tensor on the CPU, so last.pt resumes on any device."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _cpu_state(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_cpu_state(v) for v in obj)
+    return obj
+
+
+def _threshold_rule(rule: str):
+    from edgecxr.common.metrics import parse_threshold_spec
+
+    try:
+        return parse_threshold_spec(rule)
+    except ValueError as e:
+        raise EdgeCXRError(str(e)) from None
+
+
+def format_metrics(m: dict[str, Any], where: str) -> str:
+    lo, hi = m["auc_ci95"]
+    return (f"{where}: n={m['n']} ({m['n_pos']} {LABELS[1]}, {m['n_neg']} {LABELS[0]})  "
+            f"AUC {m['auc']:.4f} [95% CI {lo:.4f}-{hi:.4f}]  threshold {m['threshold']:.4f}  "
+            f"accuracy {m['accuracy']:.4f}  sensitivity {m['sensitivity']:.4f}  "
+            f"specificity {m['specificity']:.4f}  PPV {m['ppv']:.4f}  NPV {m['npv']:.4f}  "
+            f"TN {m['tn']} FP {m['fp']} FN {m['fn']} TP {m['tp']}")
