@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from edgecxr.common.errors import EdgeCXRError
+from edgecxr.common.runtimes import RUNTIMES, get_runtime
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-BACKENDS = ("litert", "openvino", "onnxruntime", "torch")
+BACKENDS = tuple(RUNTIMES)
 
 
 @dataclass
@@ -63,9 +64,24 @@ def load_target_file(path: Path) -> Target:
     missing = [k for k in ("name", "backend", "precision", "threads", "input_size", "arch") if k not in d]
     if missing:
         raise EdgeCXRError(f"target profile lacks {', '.join(missing)}", path)
-    if d["backend"] not in BACKENDS:
-        raise EdgeCXRError(f"unknown backend {d['backend']!r} (known: {', '.join(BACKENDS)})", path)
-    known = set(Target.__dataclass_fields__)
+    rt = get_runtime(d["backend"], path)
+    known = set(Target.__dataclass_fields__) - {"path"}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise EdgeCXRError(f"unknown key(s) {', '.join(unknown)} (a profile may set: {', '.join(sorted(known))})", path)
+    opts = d.get("options") or {}
+    if not isinstance(opts, dict):
+        raise EdgeCXRError("[options] must be a table", path)
+    bad = sorted(set(opts) - set(rt.options))
+    if bad:
+        allowed = ", ".join(rt.options) or "none"
+        raise EdgeCXRError(f"option(s) {', '.join(bad)} are not read by the {rt.name} backend (it reads: {allowed})", path)
+    prec = d.get("precisions", ["int8", "fp32"])
+    if not isinstance(prec, list) or not set(prec) <= {"int8", "fp32"} or d["precision"] not in prec:
+        raise EdgeCXRError(f"precision {d['precision']!r} / precisions {prec!r}: use int8 and/or fp32, the default among them", path)
+    for k, typ in (("threads", int), ("input_size", int)):
+        if not isinstance(d[k], typ) or isinstance(d[k], bool) or d[k] < 0:
+            raise EdgeCXRError(f"{k} must be a non-negative integer, not {d[k]!r}", path)
     return Target(**{k: v for k, v in d.items() if k in known}, path=str(path))
 
 

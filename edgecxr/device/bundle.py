@@ -23,6 +23,7 @@ import numpy as np
 from edgecxr.common.errors import BundleError
 from edgecxr.common.fsutil import atomic_write_bytes, sha256_file
 from edgecxr.common.preprocess import PreprocessConfig
+from edgecxr.common.runtimes import RUNTIMES
 
 SCHEMA = 1
 KIND = "edgecxr-bundle"
@@ -152,6 +153,12 @@ def verify(path: str | Path) -> Bundle:
     files = m["files"]
     if m["model_file"] not in files:
         raise BundleError(f"model file {m['model_file']} is not listed in the manifest's files", path)
+    rt = RUNTIMES.get(m["backend"]) if isinstance(m["backend"], str) else None
+    if rt is None or not rt.device_side:
+        raise BundleError(f"manifest names backend {m['backend']!r}; a bundle runs on one of: "
+                          f"{', '.join(n for n, r in RUNTIMES.items() if r.device_side)}", path)
+    if not str(m["model_file"]).endswith(rt.suffix):
+        raise BundleError(f"model file {m['model_file']} does not fit backend {rt.name} (expects *{rt.suffix})", path)
     on_disk = {p.name for p in path.iterdir() if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")}
     extra = on_disk - set(files)
     if extra:

@@ -3,7 +3,8 @@
 A backend loads one model file and maps a preprocessed float NCHW batch to
 float logits.  Everything else (data, order, warm-up, timing, statistics,
 records) belongs to the runner in ``edgecxr.device.bench``.  Adding a target is a new
-``Backend`` subclass registered here plus a ``targets/*.toml`` file.
+``Backend`` subclass named in the runtime registry (``edgecxr.common.runtimes``)
+plus a converter and a ``targets/*.toml`` file.
 """
 
 from __future__ import annotations
@@ -16,20 +17,14 @@ from edgecxr.device.backends.base import Backend, BackendInfo
 if TYPE_CHECKING:
     from edgecxr.device.bundle import Bundle
 
-_REGISTRY = {
-    "litert": ("edgecxr.device.backends.litert", "LiteRTBackend"),
-    "openvino": ("edgecxr.device.backends.openvino", "OpenVINOBackend"),
-    "onnxruntime": ("edgecxr.device.backends.onnxrt", "ONNXRuntimeBackend"),
-    "torch": ("edgecxr.host.torchref", "TorchBackend"),  # host only
-}
-
-
 def backend_class(name: str) -> type[Backend]:
+    """The backend class the runtime registry (:mod:`edgecxr.common.runtimes`) names for ``name``."""
     from edgecxr.common.errors import BundleError
+    from edgecxr.common.runtimes import RUNTIMES
 
-    if name not in _REGISTRY:
-        raise BundleError(f"unknown backend {name!r} (known: {', '.join(_REGISTRY)})")
-    mod, cls = _REGISTRY[name]
+    if name not in RUNTIMES:
+        raise BundleError(f"unknown backend {name!r} (known: {', '.join(RUNTIMES)})")
+    mod, cls = RUNTIMES[name].backend_ref()
     return getattr(importlib.import_module(mod), cls)
 
 

@@ -1,4 +1,4 @@
-"""LiteRT (ai_edge_litert, falling back to tflite_runtime)."""
+"""LiteRT (ai_edge_litert, falling back to tflite_runtime); XNNPACK unless the profile sets use_xnnpack = false."""
 
 from __future__ import annotations
 
@@ -10,16 +10,16 @@ from edgecxr.device.backends.base import Backend, BackendInfo
 def _interpreter_cls():
     try:
         import ai_edge_litert
-        from ai_edge_litert.interpreter import Interpreter
+        from ai_edge_litert import interpreter
 
-        return Interpreter, "ai-edge-litert", getattr(ai_edge_litert, "__version__", "unknown")
+        return interpreter, "ai-edge-litert", getattr(ai_edge_litert, "__version__", "unknown")
     except ImportError:
         pass
     try:
         import tflite_runtime
-        from tflite_runtime.interpreter import Interpreter
+        from tflite_runtime import interpreter
 
-        return Interpreter, "tflite-runtime", getattr(tflite_runtime, "__version__", "unknown")
+        return interpreter, "tflite-runtime", getattr(tflite_runtime, "__version__", "unknown")
     except ImportError:
         return None, "", ""
 
@@ -30,11 +30,15 @@ class LiteRTBackend(Backend):
     def load(self) -> None:
         from edgecxr.common.errors import BundleError
 
-        cls, self._pkg, self._ver = _interpreter_cls()
-        if cls is None:
+        mod, self._pkg, self._ver = _interpreter_cls()
+        if mod is None:
             raise BundleError("no LiteRT runtime: pip install ai-edge-litert (or tflite-runtime)")
+        xnn = self.options.get("use_xnnpack", True)
+        if not isinstance(xnn, bool):
+            raise BundleError(f"option use_xnnpack must be true or false, not {xnn!r}", self.model_path)
+        kw = {} if xnn else {"experimental_op_resolver_type": mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
         try:
-            self.interp = cls(model_path=str(self.model_path), num_threads=self.threads or None)
+            self.interp = mod.Interpreter(model_path=str(self.model_path), num_threads=self.threads or None, **kw)
             self.interp.allocate_tensors()
         except Exception as e:
             raise self.fail("cannot load the .tflite model", e) from None

@@ -28,15 +28,12 @@ from edgecxr.common.errors import BundleError, DataError, EdgeCXRError
 from edgecxr.common.fsutil import atomic_dir
 from edgecxr.common.metrics import binary_metrics, delong_paired, roc_auc, softmax_pos, summarize
 from edgecxr.common.preprocess import PreprocessConfig, preprocess_grey
+from edgecxr.common.runtimes import RUNTIMES
 from edgecxr.common.targets import Target, get_target
 from edgecxr.device.bundle import KIND, SCHEMA, file_table, pack, verify, write_manifest
 from edgecxr.host.export.base import converter_output
 
-CONVERTERS = {
-    "litert": "edgecxr.host.export.litert",
-    "openvino": "edgecxr.host.export.openvino",
-    "onnxruntime": "edgecxr.host.export.onnx",
-}
+CONVERTERS = {n: r.converter for n, r in RUNTIMES.items() if r.converter}  # from the runtime registry
 
 
 @dataclass
