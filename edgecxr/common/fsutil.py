@@ -123,3 +123,34 @@ def atomic_dir(final: str | Path, force: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def write_tar(entries: list[tuple[str, Path]], archive: str | Path) -> Path:
+    """The one deterministic tar writer: ``(name in the archive, file)`` pairs, sorted by name, PAX
+    format, owner 0 with no names, mtime 0, mode 0644, so the same files give the same bytes (a
+    re-push resumes, a digest pins it); written to a temp file and renamed into place."""
+    import tarfile
+
+    archive = Path(archive)
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=archive.parent, prefix=f".{archive.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                for name, path in sorted(entries, key=lambda e: e[0]):
+                    ti = tar.gettarinfo(str(path), arcname=name)
+                    ti.uid = ti.gid = 0
+                    ti.uname = ti.gname = ""
+                    ti.mtime = 0
+                    ti.mode = 0o644
+                    with open(path, "rb") as src:
+                        tar.addfile(ti, src)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, archive)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return archive

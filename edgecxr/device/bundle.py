@@ -10,7 +10,6 @@ bundle before anything is loaded.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import tarfile
@@ -21,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from edgecxr.common.errors import BundleError
-from edgecxr.common.fsutil import atomic_write_bytes, sha256_file
+from edgecxr.common.fsutil import atomic_write_bytes, sha256_file, write_tar
 from edgecxr.common.preprocess import PreprocessConfig
 from edgecxr.common.runtimes import RUNTIMES
 
@@ -187,18 +186,8 @@ def pack(folder: str | Path, archive: str | Path | None = None) -> Path:
     """One .tar of the bundle folder (deterministic order), written atomically."""
     folder = Path(folder)
     archive = Path(archive) if archive else folder.with_suffix(".tar")
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for p in sorted(folder.iterdir()):
-            if p.is_file() and not p.name.startswith("."):
-                ti = tar.gettarinfo(str(p), arcname=f"{folder.name}/{p.name}")
-                ti.uid = ti.gid = 0
-                ti.uname = ti.gname = ""
-                ti.mtime = 0
-                with open(p, "rb") as f:
-                    tar.addfile(ti, f)
-    atomic_write_bytes(archive, buf.getvalue())
-    return archive
+    files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+    return write_tar([(f"{folder.name}/{p.name}", p) for p in files], archive)
 
 
 def unpack(archive: str | Path, dest_parent: str | Path, force: bool = False) -> Bundle:

@@ -10,7 +10,10 @@ from typing import Any
 
 import pytest
 
-from edgecxr.device.link import Agent, FaultConfig, FaultRelay, LinkConfig, PtyPort, RemoteClient
+from edgecxr.device.link import Agent, LinkConfig, RemoteClient
+
+from .cable import PtyPort
+from .faults import FaultConfig, FaultRelay
 
 if sys.platform == "win32":  # ptys
     pytest.skip("the link tests need ptys", allow_module_level=True)

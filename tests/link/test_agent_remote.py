@@ -16,7 +16,6 @@ import pytest
 
 from edgecxr.device.link import (
     Agent,
-    FaultConfig,
     LinkConfig,
     LinkError,
     ProtocolMismatch,
@@ -24,6 +23,8 @@ from edgecxr.device.link import (
     RemoteError,
     open_port,
 )
+
+from .faults import FaultConfig
 
 FAST = LinkConfig(ack_timeout=0.25, max_retries=4)
 NOISY = FaultConfig(drop=1e-5, drop_span=24, corrupt=3e-5, delay=0.02, delay_s=0.02, seed=11)

@@ -22,13 +22,17 @@ import typer
 from typer.testing import CliRunner
 
 from edgecxr import LABELS
-from edgecxr.cli.link import bench_remote, ensure_bundle, predict_remote, push_bundle, register
+from edgecxr.cli.link import register
 from edgecxr.common.errors import BundleError, EdgeCXRError
 from edgecxr.common.fsutil import sha256_file
 from edgecxr.device.bundle import MANIFEST, pack, verify
-from edgecxr.device.link import Agent, FaultConfig, FaultRelay, LinkConfig, PtyPort, RemoteClient, RemoteError
+from edgecxr.device.link import Agent, LinkConfig, RemoteClient, RemoteError
 from edgecxr.device.link.board import make_agent
+from edgecxr.device.link.host import bench_remote, ensure_bundle, predict_remote, push_bundle
 from tests.conftest import MINI, ROOT
+
+from .cable import PtyPort
+from .faults import FaultConfig, FaultRelay
 
 BUNDLE = "nuc-int8"  # OpenVINO: the fastest runtime here
 LINK = LinkConfig(ack_timeout=0.5, max_retries=6)  # dead after 3.5 s: tolerant of a busy 2-core machine

@@ -3,7 +3,8 @@ from __future__ import annotations
 import os
 import time
 
-from edgecxr.device.link import FaultConfig, FaultRelay, PtyPort
+from .cable import PtyPort
+from .faults import FaultConfig, FaultRelay
 
 
 def read_exactly(port: PtyPort, n: int, timeout: float = 5.0) -> bytes:

@@ -9,9 +9,11 @@ from collections.abc import Iterator
 import pytest
 
 from edgecxr.common.errors import EdgeCXRError
-from edgecxr.device.link import FaultConfig, FaultRelay, LinkConfig, LinkError, ProtocolMismatch, Transport, pty_pair
+from edgecxr.device.link import LinkConfig, LinkError, ProtocolMismatch, Transport
 from edgecxr.device.link.framing import FrameType, encode_frame
-from edgecxr.device.link.transport import PtyPort
+
+from .cable import PtyPort, pty_pair
+from .faults import FaultConfig, FaultRelay
 
 FAST = LinkConfig(ack_timeout=0.25, max_retries=4)  # a silent peer is detected in (4 + 1) * 0.25 s
 

@@ -2,7 +2,8 @@
 
 Layers: :mod:`.framing` (bytes <-> frames, no I/O), :mod:`.transport` (reliable ordered
 messages, handshake), :mod:`.files` (chunked transfer with resume), :mod:`.agent` and
-:mod:`.remote` (the two ends), :mod:`.faults` (a fault-injecting relay for tests).
+:mod:`.remote` (the two ends), :mod:`.host` (push, ensure, remote bench and predict as a library).
+A pty cable and a fault-injecting relay for tests live in ``tests/link/``.
 Device side: pyserial only, no torch.
 """
 
@@ -13,18 +14,15 @@ from typing import Any
 
 from edgecxr.device.link.agent import Agent, Handler, device_facts
 from edgecxr.device.link.errors import LinkError, ProtocolMismatch, RemoteError, TransferError
-from edgecxr.device.link.faults import FaultConfig, FaultRelay
 from edgecxr.device.link.files import FileReceiver, TransferResult, send_file
 from edgecxr.device.link.framing import PROTOCOL_VERSION, Decoder, Frame, FrameType, encode_frame
 from edgecxr.device.link.remote import RemoteClient
-from edgecxr.device.link.transport import LinkConfig, Message, PtyPort, Transport, pty_pair
+from edgecxr.device.link.transport import LinkConfig, Message, Transport
 
 __all__ = [
     "PROTOCOL_VERSION",
     "Agent",
     "Decoder",
-    "FaultConfig",
-    "FaultRelay",
     "FileReceiver",
     "Frame",
     "FrameType",
@@ -33,7 +31,6 @@ __all__ = [
     "LinkError",
     "Message",
     "ProtocolMismatch",
-    "PtyPort",
     "RemoteClient",
     "RemoteError",
     "TransferError",
@@ -42,7 +39,6 @@ __all__ = [
     "device_facts",
     "encode_frame",
     "open_port",
-    "pty_pair",
     "send_file",
 ]
 

@@ -22,7 +22,9 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from edgecxr.device.link.transport import BytePort, PtyPort
+from edgecxr.device.link.transport import BytePort
+
+from .cable import PtyPort
 
 MAX_CATCHUP_S = 0.02
 """Pacing: while the line is busy (the previous read filled a whole chunk, so bytes were waiting) a relay
