@@ -1,10 +1,14 @@
 """edgecxr: chest X-ray pneumonia classifier from training to embedded boards.
 
-The package is split in two sides (see README):
+Three layers (see README, "What it does"):
 
-* device side (no torch): imageio, preprocess, metrics, bundle, backends, bench,
-  report, gate, link/agent.  Importable on a Raspberry Pi with numpy + a runtime.
-* host side (torch): model, train, evaluate, calibrate, export, prune.
+* ``edgecxr.common``: what both sides share (image reading, preprocessing, metrics, targets, the
+  runtime registry, atomic files, errors). numpy and Pillow only.
+* ``edgecxr.device``: what a board runs (bundle, backends, bench, predict, gate, report, the serial
+  link and its agent). No torch. Embed it with ``from edgecxr.device.api import open_bundle``.
+* ``edgecxr.host``: training, pruning, calibration, evaluation, export (torch).
+
+``edgecxr.cli`` parses arguments and prints. import-linter enforces the layering (``make lint``).
 """
 
 __version__ = "0.1.0"

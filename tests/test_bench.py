@@ -43,6 +43,12 @@ def test_bench_every_backend(bundles, tmp_path):
     assert be["openvino"]["precision"] == "f32"  # pinned: no silent bf16
     assert be["onnxruntime"]["device"] == "CPUExecutionProvider"
     assert any("TensorrtExecutionProvider" in n for n in be["onnxruntime"]["notes"])
+    # records travel: bundles by name, no folder of this machine (the bundles live under /tmp here)
+    text = (results / "test-box.jsonl").read_text()
+    for r in recs:
+        assert r["subject"]["bundle"] == r["subject"]["name"] or "/" not in r["subject"]["bundle"]
+    for folder in {str(b.parent) for b in bundles.values()} | {str(ROOT)}:
+        assert folder not in text
 
 
 def test_pairing_is_by_sha256_not_order(bundles, tmp_path):
@@ -112,8 +118,10 @@ def test_interrupted_bench_leaves_results_intact(bundles, tmp_path):
 def test_device_side_never_imports_torch(bundles, tmp_path):
     code = f"""
 import sys
-import edgecxr, edgecxr.cli, edgecxr.bench, edgecxr.bundle, edgecxr.backends, edgecxr.gate, edgecxr.predict
-import edgecxr.common.data, edgecxr.imageio, edgecxr.preprocess, edgecxr.metrics, edgecxr.report, edgecxr.targets
+import edgecxr, edgecxr.cli, edgecxr.device.bench, edgecxr.device.bundle, edgecxr.device.backends, edgecxr.device.gate
+import edgecxr.device.predict, edgecxr.device.api, edgecxr.device.link.host, edgecxr.device.link.board
+import edgecxr.common.data, edgecxr.common.imageio, edgecxr.common.preprocess, edgecxr.common.metrics
+import edgecxr.device.report, edgecxr.common.targets, edgecxr.common.runtimes
 from edgecxr.device.bench import run, subject_from_bundle, BenchConfig
 for k in {sorted(str(v) for v in bundles.values())!r}:
     run(subject_from_bundle(k), {str(MINI)!r}, BenchConfig(iterations=2, warmup=0), device="x")

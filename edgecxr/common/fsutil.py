@@ -154,3 +154,18 @@ def write_tar(entries: list[tuple[str, Path]], archive: str | Path) -> Path:
             os.unlink(tmp)
         raise
     return archive
+
+
+def portable_path(path: str | Path) -> str:
+    """A path as it may appear in a record that travels between machines: relative to the working
+    folder when under it, ``~/...`` under the home folder, otherwise its last two parts after ``.../``
+    (never the absolute layout of the machine that ran it)."""
+    p = Path(path)
+    if not p.is_absolute():
+        return p.as_posix()
+    for base, prefix in ((Path.cwd(), ""), (Path.home(), "~/")):
+        try:
+            return prefix + p.relative_to(base).as_posix()
+        except ValueError:
+            pass
+    return ".../" + "/".join(p.parts[-2:])

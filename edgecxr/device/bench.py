@@ -20,7 +20,7 @@ import numpy as np
 
 from edgecxr import __version__
 from edgecxr.common.errors import DataError, EdgeCXRError
-from edgecxr.common.fsutil import atomic_append_line, sha256_file
+from edgecxr.common.fsutil import atomic_append_line, portable_path, sha256_file
 from edgecxr.common.metrics import binary_metrics, delong_paired, expected_calibration_error, softmax_pos, summarize
 from edgecxr.common.preprocess import preprocess_grey
 from edgecxr.common.sysinfo import default_device_name, device_facts, reset_peak_rss, rss_mb
@@ -78,7 +78,7 @@ def load_images(subject: Subject, data: str | Path | None, max_images: int, log)
         elif hint.get("split") and Path(hint["split"]).exists():
             sm = SplitManifest.read(hint["split"])
             items, root, skipped = sm.subset("val"), sm.root, []
-            source = f"validation split of {hint['split']}"
+            source = f"validation split of {portable_path(hint['split'])}"
             data = None
         else:
             where = hint.get("data") or hint.get("split") or "unknown"
@@ -86,7 +86,7 @@ def load_images(subject: Subject, data: str | Path | None, max_images: int, log)
     if data is not None:
         ds = scan(data)
         items, root, skipped = ds.items, ds.root, ds.skipped
-        source = str(data) + (f" ({ds.notes[-1]})" if ds.kind == "npz" and ds.notes else "")
+        source = portable_path(data) + (f" ({ds.notes[-1]})" if ds.kind == "npz" and ds.notes else "")
     items = sorted(items, key=lambda it: it.path)
     if max_images and max_images < len(items):
         # keep both classes: stratified, deterministic
@@ -176,7 +176,7 @@ def run(subject: Subject, data: str | Path | None = None, cfg: BenchConfig | Non
             check_twins(subject.meta["bundle"], reference)
             p_twin = run_probs(reference, x_all, threads)
             twin = compare(y, p_twin, prob, subject.threshold if subject.threshold is not None else 0.5, paths)
-            twin["reference_bundle"] = str(reference)
+            twin["reference_bundle"] = Path(reference).name
             twin["reference_manifest_sha256"] = sha256_file(Path(reference) / "manifest.json")
             twin.update({"float_probs": p_twin.round(6).tolist(), "probs": prob.round(6).tolist(), "labels": y.tolist()})
             if not paired or not paired.get("matched") or paired.get("unmatched"):
@@ -204,7 +204,7 @@ def run(subject: Subject, data: str | Path | None = None, cfg: BenchConfig | Non
         "edgecxr": __version__,
         "device": device or default_device_name(), "device_facts": facts,
         "subject": {"name": subject.name, "target": subject.target, "backend": subject.backend,
-                    "precision": subject.precision, "model_bytes": subject.model_bytes, **subject.meta},
+                    "precision": subject.precision, "model_bytes": subject.model_bytes, **_travel(subject.meta)},
         "runtime": info,
         "config": {**asdict(cfg), "threads": threads, "options": cfg.options},
         "latency_ms": latency, "batch_latency_ms": extra,
@@ -220,6 +220,17 @@ def run(subject: Subject, data: str | Path | None = None, cfg: BenchConfig | Non
         "accuracy": acc, "vs_float": paired,
     }
     return record
+
+
+def _travel(meta: dict[str, Any]) -> dict[str, Any]:
+    """Records name bundles, not folders on one machine: a bundle by its folder name (it is also in
+    the manifest), a checkpoint by a portable path."""
+    out = dict(meta)
+    if "bundle" in out:
+        out["bundle"] = Path(out["bundle"]).name
+    if "checkpoint" in out:
+        out["checkpoint"] = portable_path(out["checkpoint"])
+    return out
 
 
 def _pstats(ms: np.ndarray) -> dict[str, float]:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from edgecxr.common.errors import GateFailure
-from edgecxr.common.fsutil import atomic_write_json, atomic_write_text
+from edgecxr.common.fsutil import atomic_write_json, atomic_write_text, portable_path
 from edgecxr.device.bench import BenchConfig, run, subject_from_bundle
 
 NAN = float("nan")
@@ -219,7 +219,7 @@ def render(rows: list[GateRow], max_auc_drop: float, min_agreement: float,
     lines = [f"### edgecxr gate: quantized vs float (max AUC drop {max_auc_drop}, min agreement {min_agreement})", ""]
     if stress_meta:
         r = stress_meta.get("recipe") or {}
-        lines += [f"Stress set: {stress_meta.get('source')} -> {len(stress_meta.get('items', []))} images, "
+        lines += [f"Stress set: {portable_path(stress_meta.get('source') or '-')} -> {len(stress_meta.get('items', []))} images, "
                   f"corruptions {', '.join(r.get('corruptions') or [])}, severities {r.get('severities')}, "
                   f"seed {r.get('seed')}, recipe v{r.get('version')}. Stress rows compare against the fp32 twin "
                   "bundle run here on the same images.", ""]

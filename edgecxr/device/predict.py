@@ -6,28 +6,19 @@ from pathlib import Path
 from typing import Any
 
 from edgecxr.common.errors import ImageReadError
-from edgecxr.common.imageio import load_grey
-from edgecxr.common.metrics import softmax_pos
-from edgecxr.common.preprocess import preprocess_grey
-from edgecxr.device.backends import open_backend
-from edgecxr.device.bundle import verify
+from edgecxr.device.api import Model
 
 
 def predict(bundle: str | Path, images: list[str | Path], threads: int | None = None) -> list[dict[str, Any]]:
-    b = verify(bundle)
-    backend = open_backend(b, threads)
-    pp, thr, labels = b.preprocess, b.threshold, b.manifest["labels"]
-    out = []
-    for f in images:
-        try:
-            x = preprocess_grey(load_grey(f), pp)[None]
-        except ImageReadError as e:
-            out.append({"file": str(f), "error": e.message})
-            continue
-        p = float(softmax_pos(backend.infer(x))[0])
-        out.append({"file": str(f), "prob": p, "threshold": thr, "label": labels[int(p >= thr)],
-                    "bundle": b.name})
-    return out
+    """One row per image: file, prob, threshold, label, bundle; or file and error (the file is skipped)."""
+    model = Model(bundle, threads)
+    rows = []
+    for f, r in zip(images, model.predict_files(list(images)), strict=True):
+        if isinstance(r, ImageReadError):
+            rows.append({"file": str(f), "error": r.message})
+        else:
+            rows.append({"file": str(f), "prob": r.prob, "threshold": r.threshold, "label": r.label, "bundle": r.bundle})
+    return rows
 
 
 def format_rows(rows: list[dict[str, Any]], json_out: bool = False) -> list[str]:

@@ -116,15 +116,76 @@ def summarize_rows(recs: list[dict[str, Any]], verdicts: dict[str, str],
     return rows
 
 
+@dataclass
+class Tail:
+    """What the shared export -> bench -> report -> gate tail produced."""
+    bundles: list[Path]
+    records: list[dict[str, Any]]
+    rows: list[Any]  # gate rows
+    failure: GateFailure | None
+    table: str
+
+
+def export_bench_report_gate(models: list[Model], dist: Path, results: Path, report_out: Path, log, *,
+                             eval_dir: Path | None = None, split: Path | None = None, calibration: Path,
+                             eval_set=None, name_bundles: bool = True, device: str | None = None,
+                             iterations: int = 100, extra_subjects: list | None = None,
+                             max_auc_drop: float = 0.005, min_agreement: float = 0.98,
+                             stress: Path | None = None, gate_summary: Path | None = None,
+                             gate_details: Path | None = None, expect_fail: list[str] | None = None,
+                             against_twins: bool = True, step: str = "") -> Tail:
+    """The one tail of ``demo`` and ``pipeline``: every model to every target and precision, each
+    bundle benched on the evaluation images (``eval_dir``, or the validation part of ``split``),
+    the report written, the int8 bundles gated (against their fp32 twins, or with ``against_twins``
+    false against the float reference each bundle carries). A gate failure is returned, not raised,
+    so the caller prints the table first."""
+    from edgecxr.common.preprocess import PreprocessConfig
+    from edgecxr.device.gate import gate
+    from edgecxr.device.report import report
+    from edgecxr.host.export import export_bundle, load_eval_set
+    from edgecxr.host.model import read_checkpoint
+
+    bundles: list[Path] = []
+    ev = eval_set
+    t0 = time.time()
+    for m in models:
+        pp = PreprocessConfig.from_dict(read_checkpoint(m.checkpoint)["preprocess"])
+        if ev is None or ev.x.shape[-1] != pp.size:
+            ev = load_eval_set(pp, split, eval_dir)
+        for t in TARGETS:
+            for prec in m.precisions:
+                t1 = time.time()
+                s = export_bundle(m.checkpoint, t, prec, dist, data=eval_dir, split=split, calibration=calibration,
+                                  force=True, name=f"{m.tag}-{_tname(t)}-{prec}" if name_bundles else None,
+                                  log=lambda *_: None, eval_set=ev)
+                log(f"{step}  export {Path(s['bundle']).name}: {s['model_bytes'] / 1e6:.2f} MB, AUC drop "
+                    f"{s['auc_drop']:+.4f}, agreement {s['label_agreement']:.3f} ({time.time() - t1:.0f}s)")
+                bundles.append(Path(s["bundle"]))
+    log(f"{step}  exported {len(bundles)} bundles ({time.time() - t0:.0f}s)")
+    recs = bench_all(bundles, eval_dir, results, device, extra_subjects, iterations, log)
+    log(f"  report: {report(results, report_out)}")
+    int8 = [b for b in bundles if b.name.endswith("-int8")]
+    failure = None
+    t1 = time.time()
+    try:
+        rows = gate(int8, eval_dir, max_auc_drop, min_agreement, stress=stress,
+                    references=[b for b in bundles if b.name.endswith("-fp32")] if against_twins else None,
+                    summary=gate_summary, details=gate_details, log=lambda *_: None, expect_fail=expect_fail)
+    except GateFailure as e:
+        failure, rows = e, e.rows
+    log(f"  gate: {len(int8)} int8 bundles on {len(ev.labels)} evaluation images"
+        + (f" and the stress set {stress}" if stress else "") + f" ({time.time() - t1:.0f}s)")
+    table = _table(summarize_rows(recs, verdicts_of(rows), stress_cells(rows)))
+    return Tail(bundles, recs, rows, failure, table)
+
+
 def demo(models_dir: Path = ROOT / "models", eval_dir: Path = ROOT / "data" / "kermany224-val",
          calibration: Path = ROOT / "calibration" / "kermany224", dist: Path = ROOT / "dist",
          results: Path = ROOT / "benchmarks" / "results", report_out: Path = ROOT / "benchmarks" / "RESULTS.md",
          device: str | None = None, iterations: int = 100, baseline: str | None = "densenet121",
          max_auc_drop: float = 0.005, min_agreement: float = 0.98, stress_images: int = 100, log=print) -> int:
     from edgecxr.common.preprocess import PreprocessConfig
-    from edgecxr.device.gate import gate
-    from edgecxr.device.report import report
-    from edgecxr.host.export import export_bundle, load_eval_set
+    from edgecxr.host.export import load_eval_set
     from edgecxr.host.model import read_checkpoint
     from edgecxr.host.torchref import subject_baseline, subject_from_checkpoint
 
@@ -134,44 +195,20 @@ def demo(models_dir: Path = ROOT / "models", eval_dir: Path = ROOT / "data" / "k
         raise EdgeCXRError("no reference model (models/mnv2-ref.pt); train one with `edgecxr pipeline`", models_dir)
     if not eval_dir.is_dir():
         raise EdgeCXRError("evaluation images not found", eval_dir)
-    bundles: list[Path] = []
-    ev = None
-    for m in models:
-        pp = PreprocessConfig.from_dict(read_checkpoint(m.checkpoint)["preprocess"])
-        if ev is None or ev.x.shape[-1] != pp.size:
-            ev = load_eval_set(pp, None, eval_dir)
-        for t in TARGETS:
-            for prec in m.precisions:
-                t1 = time.time()
-                s = export_bundle(m.checkpoint, t, prec, dist, data=eval_dir, calibration=calibration, force=True,
-                                  name=f"{m.tag}-{_tname(t)}-{prec}", log=lambda *_: None, eval_set=ev)
-                log(f"  export {Path(s['bundle']).name}: {s['model_bytes'] / 1e6:.2f} MB, AUC drop "
-                    f"{s['auc_drop']:+.4f}, agreement {s['label_agreement']:.3f} ({time.time() - t1:.0f}s)")
-                bundles.append(Path(s["bundle"]))
+
+    pp = PreprocessConfig.from_dict(read_checkpoint(models[0].checkpoint)["preprocess"])
+    ev = load_eval_set(pp, None, eval_dir)
     extra = [subject_from_checkpoint(models[0].checkpoint)]
     extra[0].name = f"{models[0].tag}-pytorch-fp32"
     extra[0].data_hint = {"data": str(eval_dir)}
     if baseline:
         extra.append(subject_baseline(baseline, ev.x.shape[-1]))
-    recs = bench_all(bundles, eval_dir, results, device, extra, iterations, log)
-    out = report(results, report_out)
-    log(f"  report: {out}")
-    failed = None
-    int8 = [b for b in bundles if b.name.endswith("-int8")]
-    stress = None
-    if stress_images:
-        stress = make_demo_stress(eval_dir, dist / f"stress-{stress_images}", stress_images, log)
-    t1 = time.time()
-    try:
-        rows = gate(int8, eval_dir, max_auc_drop, min_agreement, stress=stress,
-                    references=[b for b in bundles if b.name.endswith("-fp32")],
-                    summary=ROOT / "benchmarks" / "gate-summary.md", details=dist / "gate.json", log=lambda *_: None,
-                    expect_fail=KNOWN_STRESS_FAILURES)
-    except GateFailure as e:
-        failed = e
-        rows = e.rows
-    log(f"  gate: {len(int8)} int8 bundles on {len(ev.labels)} validation images"
-        + (f" and the stress set {stress}" if stress else "") + f" ({time.time() - t1:.0f}s)")
+    stress = make_demo_stress(eval_dir, dist / f"stress-{stress_images}", stress_images, log) if stress_images else None
+    tail = export_bench_report_gate(models, dist, results, report_out, log, eval_dir=eval_dir, calibration=calibration,
+                                    eval_set=ev, device=device, iterations=iterations, extra_subjects=extra,
+                                    max_auc_drop=max_auc_drop, min_agreement=min_agreement, stress=stress,
+                                    gate_summary=ROOT / "benchmarks" / "gate-summary.md",
+                                    gate_details=dist / "gate.json", expect_fail=KNOWN_STRESS_FAILURES)
     try:
         from edgecxr.common.plots import int8_vs_fp32
 
@@ -179,17 +216,16 @@ def demo(models_dir: Path = ROOT / "models", eval_dir: Path = ROOT / "data" / "k
         log(f"  int8 against fp32 pictures: {', '.join(str(p.relative_to(ROOT)) for p in pics)}")
     except ImportError:
         pass
-    table = _table(summarize_rows(recs, verdicts_of(rows), stress_cells(rows)))
     log("")
-    log(table)
+    log(tail.table)
     log(f"\nAUC on {len(ev.labels)} validation images ({eval_dir.relative_to(ROOT) if eval_dir.is_relative_to(ROOT) else eval_dir}); "
         f"gate (int8 only; fp32 is the reference): AUC drop vs fp32 <= {max_auc_drop}, label agreement "
         f">= {min_agreement}, on the validation images and on every corruption of the stress set "
         f"({stress_images} validation images x 10 corruptions x 3 severities; worst corruption shown); "
         f"p50 = median latency of one image on this machine; total {time.time() - t0:.0f}s")
     log(f"full results: {report_out}")
-    if failed:
-        log(f"edgecxr: error: {failed}")
+    if tail.failure:
+        log(f"edgecxr: error: {tail.failure}")
         return 1
     return 0
 
@@ -221,8 +257,40 @@ _REUSE_KEYS = ("size", "width_mult", "epochs", "lr", "recipe", "threshold_rule",
                "intensity", "noise", "blur", "mixup", "ema", "label_smoothing")
 
 
+class StepRecord:
+    """``pipeline.json`` in ``--out``: each finished step's settings. A step is reused only when its
+    settings match; otherwise it is re-run, except where re-running would throw away another run's
+    work (a different source, another training configuration): then one line and nothing changed."""
+
+    def __init__(self, out: Path):
+        self.path = out / "pipeline.json"
+        self.data: dict[str, Any] = {}
+        if self.path.exists():
+            try:
+                self.data = json.loads(self.path.read_text())
+                if not isinstance(self.data.get("steps", {}), dict):
+                    raise ValueError
+            except (OSError, ValueError, AttributeError):
+                raise EdgeCXRError("unreadable record of an earlier pipeline run; use another --out",
+                                   self.path) from None
+        self.data.setdefault("steps", {})
+
+    def settings(self, step: str) -> dict[str, Any] | None:
+        got = self.data["steps"].get(step)
+        return got.get("settings") if isinstance(got, dict) else None
+
+    def matches(self, step: str, settings: dict[str, Any]) -> bool:
+        return self.settings(step) == json.loads(json.dumps(settings))
+
+    def done(self, step: str, settings: dict[str, Any], seconds: float) -> None:
+        from edgecxr.common.fsutil import atomic_write_json
+
+        self.data["steps"][step] = {"settings": settings, "seconds": round(seconds, 1)}
+        atomic_write_json(self.path, self.data, indent=1)
+
+
 def _check_reuse(config_json: Path, cfg) -> None:
-    """A pipeline step is reused only if it was made with the same settings."""
+    """A training step is reused only if it was made with the same settings."""
     if not config_json.exists():
         return
     try:
@@ -243,24 +311,31 @@ def pipeline(source: Path, out: Path, quick: bool = False, size: int = 224, epoc
              recipe: str = "acquisition", threshold: str = "sens=0.95", train_device: str = "auto") -> int:
     """Raw images to gated bundles, every step with the project's own commands."""
     from edgecxr.common.data import make_split
-    from edgecxr.common.preprocess import PreprocessConfig
-    from edgecxr.device.gate import gate
-    from edgecxr.device.report import report
+    from edgecxr.common.fsutil import sha256_file
     from edgecxr.host.calibrate import make_calibration_set
-    from edgecxr.host.export import export_bundle, load_eval_set
     from edgecxr.host.train import TrainConfig, Trainer, apply_recipe
 
     t0 = time.time()
+    rec = StepRecord(out)
     split = out / "split.json"
     steps: dict[str, float] = {}
+    want = {"source": str(Path(source).resolve()), "val_fraction": 0.2, "seed": 0}
+    if split.exists() and rec.settings("split") not in (None, want):
+        raise EdgeCXRError(f"this folder holds a pipeline run on {rec.settings('split')['source']}; "
+                           "use another --out (nothing was changed)", out)
     if not split.exists():
+        t = time.time()
         sm = make_split(source, 0.2, 0)  # a bad source fails here, before anything is written
         out.mkdir(parents=True, exist_ok=True)
         sm.save(split)
+        rec.done("split", want, time.time() - t)
     log(f"[1/7] split: {split}")
     calib = out / "calibration" / "calib"
-    if not calib.exists():
-        make_calibration_set(split, out / "calibration", "calib", 256, 0)
+    want = {"split_sha256": sha256_file(split), "n": 256, "seed": 0}
+    if not calib.exists() or not rec.matches("calibration", want):
+        t = time.time()
+        make_calibration_set(split, out / "calibration", "calib", 256, 0, force=calib.exists())
+        rec.done("calibration", want, time.time() - t)
     log(f"[2/7] calibration set: {calib}")
     t = time.time()
     tcfg = TrainConfig(split=str(split), out=str(out / "train"), size=64 if quick else size,
@@ -271,6 +346,7 @@ def pipeline(source: Path, out: Path, quick: bool = False, size: int = 224, epoc
     _check_reuse(out / "train" / "config.json", tcfg)
     if not (out / "train" / "metrics.json").exists():
         Trainer(tcfg, log=log, show_progress=True).run(resume=(out / "train" / "last.pt").exists())
+        rec.done("train", {k: v for k, v in asdict(tcfg).items() if k in _REUSE_KEYS}, time.time() - t)
     steps["train"] = time.time() - t
     ckpt = out / "train" / "best.pt"
     log(f"[3/7] trained: {ckpt}")
@@ -282,38 +358,27 @@ def pipeline(source: Path, out: Path, quick: bool = False, size: int = 224, epoc
     if prune_checkpoint is not None and prune_ratio > 0:
         t = time.time()
         pdir = out / "pruned"
-        if not (pdir / "best.pt").exists():
-            prune_checkpoint(ckpt, pdir, prune_ratio, finetune_epochs=2 if quick else finetune_epochs,
-                             split=split, log=log)
+        ft = 2 if quick else finetune_epochs
+        want = {"checkpoint_sha256": sha256_file(ckpt), "ratio": prune_ratio, "finetune_epochs": ft}
+        if not (pdir / "best.pt").exists() or not rec.matches("prune", want):
+            prune_checkpoint(ckpt, pdir, prune_ratio, finetune_epochs=ft, split=split, log=log,
+                             force=(pdir / "best.pt").exists())
+            rec.done("prune", want, time.time() - t)
         steps["prune"] = time.time() - t
         final = pdir / "best.pt"
         log(f"[4/7] pruned ({prune_ratio}): {final}")
-    from edgecxr.host.model import read_checkpoint
-
-    pp = PreprocessConfig.from_dict(read_checkpoint(final)["preprocess"])
-    ev = load_eval_set(pp, split, None)
-    bundles = []
     t = time.time()
-    for tg in TARGETS:
-        for prec in ("int8", "fp32"):
-            s = export_bundle(final, tg, prec, out / "dist", split=split, calibration=calib, force=True,
-                              log=lambda *_: None, eval_set=ev)
-            bundles.append(Path(s["bundle"]))
-            log(f"[5/7] exported {Path(s['bundle']).name}: {s['model_bytes'] / 1e6:.2f} MB, "
-                f"AUC drop {s['auc_drop']:+.4f}")
-    steps["export"] = time.time() - t
-    recs = bench_all(bundles, None, out / "results", device, [], 30 if quick else 100, log)
-    report(out / "results", out / "RESULTS.md")
+    tail = export_bench_report_gate([Model("", final, ("int8", "fp32"))], out / "dist", out / "results",
+                                    out / "RESULTS.md", log, split=split, calibration=calib, name_bundles=False,
+                                    device=device, iterations=30 if quick else 100, against_twins=False,
+                                    gate_summary=out / "gate.md", step="[5/7]")
+    steps["export, bench, gate"] = time.time() - t
     log(f"[6/7] benchmarked; report {out / 'RESULTS.md'}")
-    rc = 0
-    try:
-        rows = gate([b for b in bundles if b.name.endswith("int8")], None, summary=out / "gate.md", log=lambda *_: None)
-    except GateFailure as e:
-        log(f"gate: {e}")
-        rows, rc = e.rows, 1
-    verdicts = {r.bundle: r.verdict for r in rows}
-    log(f"[7/7] gate: {'PASS' if rc == 0 else 'FAIL'} ({out / 'gate.md'})\n")
-    log(_table(summarize_rows(recs, verdicts)))
+    if tail.failure:
+        log(f"gate: {tail.failure}")
+    log(f"[7/7] gate: {'PASS' if tail.failure is None else 'FAIL'} ({out / 'gate.md'})\n")
+    log(tail.table)
     steps["total"] = time.time() - t0
-    (out / "pipeline.json").write_text(json.dumps({"source": str(source), "quick": quick, "seconds": steps}, indent=1))
-    return rc
+    rec.data.update({"source": str(source), "quick": quick, "seconds": steps})
+    rec.done("tail", {"targets": list(TARGETS)}, steps["export, bench, gate"])
+    return 1 if tail.failure else 0

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from edgecxr import LABELS
 from edgecxr.cli.link import register
 from edgecxr.common.errors import BundleError, EdgeCXRError
-from edgecxr.common.fsutil import sha256_file
+from edgecxr.common.fsutil import portable_path, sha256_file
 from edgecxr.device.bundle import MANIFEST, pack, verify
 from edgecxr.device.link import Agent, LinkConfig, RemoteClient, RemoteError
 from edgecxr.device.link.board import make_agent
@@ -126,7 +126,7 @@ def test_remote_bench_installs_the_bundle_and_stores_the_board_record(bundles, b
     assert r["kind"] == "edgecxr-bench" and r["device"] == "board-x"
     assert r["subject"]["name"] == BUNDLE and r["subject"]["backend"] == "openvino"
     assert r["subject"]["manifest_sha256"] == sha256_file(src / MANIFEST)
-    assert r["vs_float"]["matched"] == 64 and r["data"]["n"] == 64 and r["data"]["source"] == str(MINI)
+    assert r["vs_float"]["matched"] == 64 and r["data"]["n"] == 64 and r["data"]["source"] == portable_path(MINI)
     assert r["latency_ms"]["n"] == 20 and 0 < r["latency_ms"]["p50"] <= r["latency_ms"]["p90"]
     assert r["accuracy"]["auc"] > 0.5
     # ...and a copy stays on the board.
@@ -264,7 +264,7 @@ def test_predict_with_a_local_bundle_folder_pushes_it_first(bundles, board) -> N
     # ...so the host sends its own labelled images along (packed, unpacked under images/ on the board).
     rec, _ = bench_remote(rig.client, bundles[BUNDLE], None, {"iterations": 2, "warmup": 0, "max_images": 8},
                           images=MINI, echo=lambda _: None)
-    assert rec["data"]["source"] == str(rig.store / "images" / MINI.name) and rec["data"]["n"] == 8
+    assert rec["data"]["source"] == portable_path(rig.store / "images" / MINI.name) and rec["data"]["n"] == 8
     assert rec["vs_float"]["matched"] == 8
     assert sorted(p.name for p in (rig.store / "images" / MINI.name).iterdir()) == ["NORMAL", "PNEUMONIA"]
 
