@@ -19,8 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edgecxr.common.sysinfo import cpu_model
 from edgecxr.device.bench import BenchConfig, run, subject_from_bundle
+from edgecxr.shared.sysinfo import cpu_model
 
 BIN = Path(sys.executable).parent
 

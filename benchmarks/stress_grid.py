@@ -22,9 +22,9 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from edgecxr.common.fsutil import sha256_file
-    from edgecxr.common.imageio import load_grey
-    from edgecxr.common.stress import CORRUPTIONS, PARAMS, SEVERITIES, corrupt, image_rng
+    from edgecxr.shared.fsutil import sha256_file
+    from edgecxr.shared.imageio import load_grey
+    from edgecxr.shared.stress import CORRUPTIONS, PARAMS, SEVERITIES, corrupt, image_rng
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--image", type=Path, default=None)

@@ -2,7 +2,7 @@
 
 Three layers (see README, "What it does"):
 
-* ``edgecxr.common``: what both sides share (image reading, preprocessing, metrics, targets, the
+* ``edgecxr.shared``: what both sides share (image reading, preprocessing, metrics, targets, the
   runtime registry, atomic files, errors). numpy and Pillow only.
 * ``edgecxr.device``: what a board runs (bundle, backends, bench, predict, gate, report, the serial
   link and its agent). No torch. Embed it with ``from edgecxr.device.api import open_bundle``.

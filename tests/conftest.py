@@ -53,9 +53,9 @@ BUNDLE_NAMES = {"rpi": "rpi4", "nuc": "nuc", "jetson": "jetson-orin-nano"}
 @pytest.fixture(scope="session")
 def bundles(tmp_path_factory) -> dict[str, Path]:
     """All three targets in int8 and fp32, exported from the real tiny model (about a minute)."""
-    from edgecxr.common.preprocess import PreprocessConfig
     from edgecxr.host.export import export_bundle, load_eval_set
     from edgecxr.host.model import read_checkpoint
+    from edgecxr.shared.preprocess import PreprocessConfig
 
     out = tmp_path_factory.mktemp("dist")
     pp = PreprocessConfig.from_dict(read_checkpoint(TINY)["preprocess"])

@@ -8,9 +8,9 @@ import shutil
 import numpy as np
 import pytest
 
-from edgecxr.common.errors import BundleError, EdgeCXRError, ImageReadError
-from edgecxr.common.imageio import load_grey
 from edgecxr.device.api import Reading, open_bundle
+from edgecxr.shared.errors import BundleError, EdgeCXRError, ImageReadError
+from edgecxr.shared.imageio import load_grey
 
 from .conftest import FULLRES, run_cli
 

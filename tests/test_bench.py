@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from edgecxr.common.errors import BundleError
 from edgecxr.device.bench import BenchConfig, read_results, run, store, subject_from_bundle
+from edgecxr.shared.errors import BundleError
 
 from .conftest import MINI, ROOT, assert_clean_error, run_cli
 
@@ -120,8 +120,8 @@ def test_device_side_never_imports_torch(bundles, tmp_path):
 import sys
 import edgecxr, edgecxr.cli, edgecxr.device.bench, edgecxr.device.bundle, edgecxr.device.backends, edgecxr.device.gate
 import edgecxr.device.predict, edgecxr.device.api, edgecxr.device.link.host, edgecxr.device.link.board
-import edgecxr.common.data, edgecxr.common.imageio, edgecxr.common.preprocess, edgecxr.common.metrics
-import edgecxr.device.report, edgecxr.common.targets, edgecxr.common.runtimes
+import edgecxr.shared.data, edgecxr.shared.imageio, edgecxr.shared.preprocess, edgecxr.shared.metrics
+import edgecxr.device.report, edgecxr.shared.targets, edgecxr.shared.runtimes
 from edgecxr.device.bench import run, subject_from_bundle, BenchConfig
 for k in {sorted(str(v) for v in bundles.values())!r}:
     run(subject_from_bundle(k), {str(MINI)!r}, BenchConfig(iterations=2, warmup=0), device="x")

@@ -4,8 +4,8 @@ import shutil
 import numpy as np
 import pytest
 
-from edgecxr.common.data import SplitManifest, make_split, patient_id, scan
-from edgecxr.common.errors import DataError, ImageReadError
+from edgecxr.shared.data import SplitManifest, make_split, patient_id, scan
+from edgecxr.shared.errors import DataError, ImageReadError
 
 from .conftest import MINI, NPZ, SHARED, assert_clean_error, run_cli
 

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgecxr.common.data import load_eval_set
-from edgecxr.common.metrics import softmax_pos
-from edgecxr.common.preprocess import PreprocessConfig, preprocess_grey
 from edgecxr.device.backends import open_backend
 from edgecxr.device.bundle import verify
 from edgecxr.host.export import float_logits, run_backend
 from edgecxr.host.model import load_checkpoint
+from edgecxr.shared.data import load_eval_set
+from edgecxr.shared.metrics import softmax_pos
+from edgecxr.shared.preprocess import PreprocessConfig, preprocess_grey
 
 from .conftest import CALIB, MINI, TARGETS, TINY, assert_clean_error, run_cli
 
@@ -121,8 +121,8 @@ def test_converter_noise_goes_to_a_log_kept_only_on_failure(tmp_path, monkeypatc
     import warnings
 
     import edgecxr.host.export.openvino as ov_conv
-    from edgecxr.common.errors import EdgeCXRError
     from edgecxr.host.export import export_bundle
+    from edgecxr.shared.errors import EdgeCXRError
 
     def noisy_then_broken(*args, **kwargs):
         os.write(2, b"C++ NOISE from the converter\n")

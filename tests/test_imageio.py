@@ -9,8 +9,8 @@ from PIL import Image
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from edgecxr.common.errors import ImageReadError
-from edgecxr.common.imageio import load_grey
+from edgecxr.shared.errors import ImageReadError
+from edgecxr.shared.imageio import load_grey
 
 from .conftest import FULLRES, MINI
 

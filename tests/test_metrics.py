@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from edgecxr.common.metrics import (
+from edgecxr.shared.metrics import (
     auc_ci,
     binary_metrics,
     choose_threshold,

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from edgecxr.common.errors import DataError
 from edgecxr.device.bench import read_results
 from edgecxr.device.report import latest_per_subject, plot_device
+from edgecxr.shared.errors import DataError
 
 pytest.importorskip("matplotlib")
 Image = pytest.importorskip("PIL.Image")
@@ -68,7 +68,7 @@ def _details(recs, names: list[str], max_auc_drop=0.005, min_agreement=0.995) ->
 
 
 def test_int8_vs_fp32_one_png_per_bundle(recs, tmp_path):
-    from edgecxr.common.plots import int8_vs_fp32
+    from edgecxr.shared.plots import int8_vs_fp32
 
     names = ["mnv2-rpi4-int8", "mnv2-pruned50-jetson-orin-nano-int8"]
     # rpi4 int8 agrees on 99.4% of the images: FAIL under the 0.995 limit, so both verdicts are drawn
@@ -95,7 +95,7 @@ def test_int8_vs_fp32_one_png_per_bundle(recs, tmp_path):
                                                  "pairs": [{"bundle": "b", "images": "reference", "labels": [0, 1],
                                                             "p_fp32": [0.1], "p": [0.1, 0.9]}]})])
 def test_int8_vs_fp32_bad_file(tmp_path, content):
-    from edgecxr.common.plots import int8_vs_fp32
+    from edgecxr.shared.plots import int8_vs_fp32
 
     f = tmp_path / "gate.json"
     if content is not None:

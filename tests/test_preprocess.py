@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from edgecxr.common.imageio import load_grey
-from edgecxr.common.preprocess import PreprocessConfig, normalize, preprocess_file, preprocess_grey, resize_grey
+from edgecxr.shared.imageio import load_grey
+from edgecxr.shared.preprocess import PreprocessConfig, normalize, preprocess_file, preprocess_grey, resize_grey
 
 from .conftest import FULLRES, MINI
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-from edgecxr.common.errors import EdgeCXRError
-from edgecxr.common.preprocess import PreprocessConfig
 from edgecxr.host.model import load_checkpoint, save_checkpoint
+from edgecxr.shared.errors import EdgeCXRError
+from edgecxr.shared.preprocess import PreprocessConfig
 
 from .conftest import CALIB, MINI, TARGETS, TINY, run_cli
 
@@ -117,10 +117,10 @@ def test_pruned_checkpoint_trains_further(pruned, split, tmp_path):
 
 
 def test_pruned_model_exports_int8_to_every_runtime(pruned, tmp_path):
-    from edgecxr.common.metrics import softmax_pos
     from edgecxr.device.backends import open_backend
     from edgecxr.device.bundle import verify
     from edgecxr.host.export import export_bundle, load_eval_set, run_backend
+    from edgecxr.shared.metrics import softmax_pos
 
     _, out, _ = pruned
     ckpt = out / "best.pt"

@@ -73,8 +73,8 @@ def _floor_calibration(dst: Path, floor: int) -> Path:
     (as if every calibration film had been taken without black borders)."""
     from PIL import Image
 
-    from edgecxr.common.fsutil import sha256_file
     from edgecxr.host.calibrate import set_hash
+    from edgecxr.shared.fsutil import sha256_file
 
     shutil.copytree(CALIB, dst)
     m = json.loads((dst / "manifest.json").read_text())
@@ -188,15 +188,15 @@ def test_twin_from_another_checkpoint_is_refused(bundles, tmp_path):
     ("aarch64", {"asimd", "asimddp", "i8mm"}, "neon-i8mm"),
 ])
 def test_int8_isa_classes(machine, flags, isa):
-    from edgecxr.common.sysinfo import INT8_ISA_NOTES, int8_isa
+    from edgecxr.shared.sysinfo import INT8_ISA_NOTES, int8_isa
 
     assert int8_isa(flags, machine) == isa and INT8_ISA_NOTES[isa]
 
 
 def test_records_carry_the_isa_and_report_keeps_cpu_kinds_apart(bundles, tmp_path):
-    from edgecxr.common.sysinfo import default_device_name, int8_isa
     from edgecxr.device.bench import BenchConfig, run, store, subject_from_bundle
     from edgecxr.device.report import latest_per_subject
+    from edgecxr.shared.sysinfo import default_device_name, int8_isa
 
     rec = run(subject_from_bundle(bundles["nuc-int8"]), MINI, BenchConfig(iterations=2, warmup=0))
     here = int8_isa()

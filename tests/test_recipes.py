@@ -10,13 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from edgecxr.common.errors import EdgeCXRError
-from edgecxr.common.metrics import (
-    apply_temperature,
-    expected_calibration_error,
-    fit_temperature,
-    reliability_bins,
-)
 from edgecxr.host.model import load_checkpoint
 from edgecxr.host.train import (
     RECIPES,
@@ -27,14 +20,21 @@ from edgecxr.host.train import (
     photometric,
     resolve_device,
 )
+from edgecxr.shared.errors import EdgeCXRError
+from edgecxr.shared.metrics import (
+    apply_temperature,
+    expected_calibration_error,
+    fit_temperature,
+    reliability_bins,
+)
 
 from .conftest import MINI, NPZ, TINY, assert_clean_error, run_cli
 
 
 def _real_batch(n: int = 6, size: int = 64) -> torch.Tensor:
-    from edgecxr.common.data import scan
-    from edgecxr.common.imageio import load_grey
-    from edgecxr.common.preprocess import resize_grey
+    from edgecxr.shared.data import scan
+    from edgecxr.shared.imageio import load_grey
+    from edgecxr.shared.preprocess import resize_grey
 
     items = scan(MINI).items[:n]
     return torch.from_numpy(np.stack([resize_grey(load_grey(MINI / it.path), size) for it in items]).astype(np.float32))

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgecxr.common.errors import EdgeCXRError
-from edgecxr.common.runtimes import RUNTIMES
-from edgecxr.common.targets import Target, all_targets, load_target_file
+from edgecxr.shared.errors import EdgeCXRError
+from edgecxr.shared.runtimes import RUNTIMES
+from edgecxr.shared.targets import Target, all_targets, load_target_file
 
 from .conftest import MINI, ROOT, assert_clean_error, run_cli
 
@@ -79,14 +79,14 @@ def test_bundles_use_their_runtimes_suffix(bundles):
 
 def test_use_xnnpack_false_really_runs_litert_without_xnnpack(bundles):
     """The Pi profiles' option is read: false selects LiteRT's builtin kernels, same int8 answers."""
-    from edgecxr.common.data import load_item, scan
-    from edgecxr.common.preprocess import preprocess_grey
     from edgecxr.device.backends import open_backend
     from edgecxr.device.bundle import verify
+    from edgecxr.shared.data import load_item, scan
+    from edgecxr.shared.preprocess import preprocess_grey
 
     b = verify(bundles["rpi-int8"])
     items = scan(MINI).items[:8]
-    from edgecxr.common.preprocess import PreprocessConfig
+    from edgecxr.shared.preprocess import PreprocessConfig
 
     pp = PreprocessConfig.from_dict(b.manifest["preprocess"])
     x = np.stack([preprocess_grey(load_item(MINI, it), pp) for it in items])

@@ -1,4 +1,4 @@
-"""The shift stress set (edgecxr.common.stress, `edgecxr data stress`) on real X-rays."""
+"""The shift stress set (edgecxr.shared.stress, `edgecxr data stress`) on real X-rays."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgecxr.common.data import make_split, scan
-from edgecxr.common.errors import DataError, EdgeCXRError
-from edgecxr.common.fsutil import sha256_file
-from edgecxr.common.imageio import load_grey
-from edgecxr.common.stress import (
+from edgecxr.shared.data import make_split, scan
+from edgecxr.shared.errors import DataError, EdgeCXRError
+from edgecxr.shared.fsutil import sha256_file
+from edgecxr.shared.imageio import load_grey
+from edgecxr.shared.stress import (
     CORRUPTIONS,
     PARAMS,
     RECIPE_VERSION,
@@ -60,7 +60,7 @@ def test_every_corruption_keeps_shape_and_range_and_changes_the_image(images):
 
 
 def test_corrupt_wrapper_contract(images):
-    from edgecxr.common.stress import corrupt
+    from edgecxr.shared.stress import corrupt
 
     grey, sha = images[0]
     for name in CORRUPTIONS:
@@ -280,7 +280,7 @@ def test_load_stress_manifest_refuses_other_folders(tmp_path):
 
 
 def test_import_does_not_pull_torch():
-    code = ("import sys, edgecxr.common.stress; "
+    code = ("import sys, edgecxr.shared.stress; "
             "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'matplotlib')); "
             "print(heavy); assert not heavy, heavy")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

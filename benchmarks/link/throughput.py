@@ -26,10 +26,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edgecxr.common.fsutil import sha256_file
 from edgecxr.device.link import Agent, FaultConfig, FaultRelay, LinkConfig, RemoteClient
 from edgecxr.device.link.files import CHUNK_HEADER
 from edgecxr.device.link.framing import OVERHEAD
+from edgecxr.shared.fsutil import sha256_file
 
 HERE = Path(__file__).resolve().parent
 

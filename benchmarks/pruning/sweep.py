@@ -144,7 +144,7 @@ def add_paired_vs_unpruned(rows: list[dict[str, Any]]) -> None:
     """Paired DeLong test of each pruned fp32 model against the unpruned one, on identical images."""
     import numpy as np
 
-    from edgecxr.common.metrics import delong_paired
+    from edgecxr.shared.metrics import delong_paired
 
     if not rows or rows[0]["ratio"] != 0:
         return
@@ -226,7 +226,7 @@ def _f(v, spec: str = ".4f") -> str:
 
 
 def plot(doc: dict[str, Any], path: Path) -> None:
-    from edgecxr.common.plots import _plt, _save
+    from edgecxr.shared.plots import _plt, _save
 
     plt = _plt()
     rows = doc["rows"]
@@ -252,12 +252,12 @@ def plot(doc: dict[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
-    from edgecxr.common.errors import EdgeCXRError
-    from edgecxr.common.fsutil import atomic_write_json, atomic_write_text, sha256_file
-    from edgecxr.common.preprocess import PreprocessConfig
-    from edgecxr.common.sysinfo import device_facts
     from edgecxr.host.export import load_eval_set
     from edgecxr.host.model import read_checkpoint
+    from edgecxr.shared.errors import EdgeCXRError
+    from edgecxr.shared.fsutil import atomic_write_json, atomic_write_text, sha256_file
+    from edgecxr.shared.preprocess import PreprocessConfig
+    from edgecxr.shared.sysinfo import device_facts
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)

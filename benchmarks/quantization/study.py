@@ -52,15 +52,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results-dir", type=Path, default=HERE)
     a = ap.parse_args(argv)
 
-    from edgecxr.common.errors import GateFailure
-    from edgecxr.common.preprocess import PreprocessConfig
-    from edgecxr.common.stress import make_stress_set
-    from edgecxr.common.sysinfo import default_device_name, device_facts
     from edgecxr.device.bench import BenchConfig, run, subject_from_bundle
     from edgecxr.device.gate import gate
     from edgecxr.host.export import export_bundle, load_eval_set
     from edgecxr.host.export.recipes import names as recipe_names
     from edgecxr.host.model import read_checkpoint
+    from edgecxr.shared.errors import GateFailure
+    from edgecxr.shared.preprocess import PreprocessConfig
+    from edgecxr.shared.stress import make_stress_set
+    from edgecxr.shared.sysinfo import default_device_name, device_facts
 
     t0 = time.time()
     a.work.mkdir(parents=True, exist_ok=True)

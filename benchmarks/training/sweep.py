@@ -10,7 +10,7 @@ runs the same on CPU with small settings (the test of this script):
 What it measures for each run and for the shipped reference model (models/mnv2-ref.pt):
 - validation (the split's val part): AUC, loss, expected calibration error (ECE) raw and after
   temperature scaling fitted on validation, thresholds by Youden and by sensitivity 0.95;
-- stress: every corruption of `edgecxr.common.stress` at the chosen severities applied to the
+- stress: every corruption of `edgecxr.shared.stress` at the chosen severities applied to the
   validation images (the same deterministic per-image draws as `edgecxr data stress`): AUC,
   ECE, and sensitivity/specificity/accuracy at each validation threshold, to see which
   operating-point rule transfers under shift.  JPEG, resampling and Poisson (quantum) noise are
@@ -39,7 +39,7 @@ HELD_OUT_FAMILIES = ("jpeg", "resample", "noise")  # not in any training augment
 
 
 def _corrupt_chunk(args):
-    from edgecxr.common import stress
+    from edgecxr.shared import stress
 
     cache, shas, corruption, severity, seed = args
     out = np.empty_like(cache)
@@ -50,7 +50,7 @@ def _corrupt_chunk(args):
 
 
 def build_stress(cache: np.ndarray, shas: list[str], severities, workers: int, seed: int = 0) -> dict[str, np.ndarray]:
-    from edgecxr.common import stress
+    from edgecxr.shared import stress
 
     jobs = [(c, s) for c in stress.CORRUPTIONS for s in severities]
     with ProcessPoolExecutor(workers) as ex:
@@ -61,16 +61,16 @@ def build_stress(cache: np.ndarray, shas: list[str], severities, workers: int, s
 def score(name: str, ckpt: Path, xva, yva, stress_sets: dict[str, np.ndarray], device: str) -> dict:
     import torch
 
-    from edgecxr.common.metrics import (
+    from edgecxr.host.model import load_checkpoint
+    from edgecxr.host.train import predict_cache
+    from edgecxr.shared.metrics import (
         binary_metrics,
         choose_threshold,
         expected_calibration_error,
         fit_temperature,
         roc_auc,
     )
-    from edgecxr.common.preprocess import PreprocessConfig
-    from edgecxr.host.model import load_checkpoint
-    from edgecxr.host.train import predict_cache
+    from edgecxr.shared.preprocess import PreprocessConfig
 
     model, meta = load_checkpoint(ckpt)
     pp = PreprocessConfig(size=xva.shape[-1])
@@ -81,7 +81,7 @@ def score(name: str, ckpt: Path, xva, yva, stress_sets: dict[str, np.ndarray], d
     eps = 1e-7
     nll = float(-(yva * np.log(np.clip(pv, eps, 1)) + (1 - yva) * np.log(np.clip(1 - pv, eps, 1))).mean())
     temp = fit_temperature(yva, pv)
-    from edgecxr.common.metrics import apply_temperature
+    from edgecxr.shared.metrics import apply_temperature
 
     thr = {"youden": choose_threshold(yva, pv, "youden"), "sens=0.95": choose_threshold(yva, pv, "sensitivity", 0.95)}
     res = {"name": name, "checkpoint": str(ckpt),
@@ -142,8 +142,8 @@ def main() -> int:
 
     import torch
 
-    from edgecxr.common.data import SplitManifest
     from edgecxr.host.train import _cap, load_cache
+    from edgecxr.shared.data import SplitManifest
 
     device = a.device if a.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(a.out)

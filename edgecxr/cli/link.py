@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from edgecxr.common.errors import EdgeCXRError
 from edgecxr.device.link.host import (
     PUSH_RETRIES,
     bench_remote,
@@ -25,6 +24,7 @@ from edgecxr.device.link.host import (
     push_bundle,
     push_images,
 )
+from edgecxr.shared.errors import EdgeCXRError
 
 if TYPE_CHECKING:
     from edgecxr.device.link.remote import RemoteClient

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from edgecxr.common.errors import EdgeCXRError
+from edgecxr.shared.errors import EdgeCXRError
 
 app = typer.Typer(
     add_completion=False,
@@ -45,8 +45,8 @@ def data_check(
 
     Example: edgecxr data check ../shared/data/kermany224/train
     """
-    from edgecxr.common.data import scan
-    from edgecxr.common.progress import bar
+    from edgecxr.shared.data import scan
+    from edgecxr.shared.progress import bar
 
     with bar(0, "scanning") as _:
         ds = scan(source, strict)
@@ -78,11 +78,11 @@ def data_split(
 
     Example: edgecxr data split ../shared/data/kermany224/train --out splits/kermany224.json --seed 0
     """
-    from edgecxr.common.data import make_split
+    from edgecxr.shared.data import make_split
 
     if out.exists() and not force:
         raise EdgeCXRError("split manifest exists (every later step reads it); use --force to replace it", out)
-    from edgecxr.common.progress import bar
+    from edgecxr.shared.progress import bar
 
     with bar(0, "reading images") as _:
         sm = make_split(source, val_fraction, seed, strict, resplit=resplit)
@@ -119,8 +119,8 @@ def data_stress(
     """
     import contextlib
 
-    from edgecxr.common.progress import bar
-    from edgecxr.common.stress import make_stress_set
+    from edgecxr.shared.progress import bar
+    from edgecxr.shared.stress import make_stress_set
 
     sevs = []
     for tok in (t.strip() for t in severity.split(",")):
@@ -140,7 +140,7 @@ def data_stress(
 
         final = make_stress_set(source, out, seed=seed, severities=sevs, corruptions=names,
                                 max_images=max_images, force=force, progress=progress)
-    from edgecxr.common.stress import load_stress_manifest
+    from edgecxr.shared.stress import load_stress_manifest
 
     m = load_stress_manifest(final)
     rec = m["recipe"]["corruptions"]
@@ -251,7 +251,7 @@ def targets():
 
     Example: edgecxr targets
     """
-    from edgecxr.common.targets import all_targets
+    from edgecxr.shared.targets import all_targets
 
     ts = all_targets()
     typer.echo(f"{'target':<18} {'aliases':<18} {'backend':<12} {'precision':<9} {'threads':>7}  description")
@@ -302,10 +302,10 @@ def export(
       edgecxr export runs/mnv2/best.pt --target rpi --split splits/kermany224.json
       edgecxr export models/mnv2-ref.pt --target rpi,nuc,jetson --precision both --data data/kermany224-val
     """
-    from edgecxr.common.preprocess import PreprocessConfig
-    from edgecxr.common.targets import get_target
     from edgecxr.host.export import export_bundle, load_eval_set
     from edgecxr.host.model import read_checkpoint
+    from edgecxr.shared.preprocess import PreprocessConfig
+    from edgecxr.shared.targets import get_target
 
     tgts = [get_target(t) for t in target.split(",") if t.strip()]
     ev = None

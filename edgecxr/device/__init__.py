@@ -3,5 +3,5 @@
 A bundle (:mod:`.bundle`), its runtime (:mod:`.backends`: one registry entry per runtime), the one
 benchmark runner (:mod:`.bench`), readings (:mod:`.predict`), paired int8-versus-float comparison
 (:mod:`.paired`), the accuracy gate (:mod:`.gate`), reports (:mod:`.report`) and the serial link with
-the board's agent (:mod:`.link`). Imports :mod:`edgecxr.common` only.
+the board's agent (:mod:`.link`). Imports :mod:`edgecxr.shared` only.
 """

@@ -8,7 +8,7 @@
     r = model.predict_array(grey)                         # a 2-D grey image (uint8, or float in 0..255)
 
 The results are those of ``edgecxr predict`` (which is built on this class). Bad input raises
-:class:`edgecxr.common.errors.EdgeCXRError` (``str(err)`` is the one line the CLI prints).
+:class:`edgecxr.shared.errors.EdgeCXRError` (``str(err)`` is the one line the CLI prints).
 No torch is imported.
 """
 
@@ -20,12 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from edgecxr.common.errors import ImageReadError
-from edgecxr.common.imageio import load_grey
-from edgecxr.common.metrics import softmax_pos
-from edgecxr.common.preprocess import preprocess_grey
 from edgecxr.device.backends import open_backend
 from edgecxr.device.bundle import Bundle, verify
+from edgecxr.shared.errors import ImageReadError
+from edgecxr.shared.imageio import load_grey
+from edgecxr.shared.metrics import softmax_pos
+from edgecxr.shared.preprocess import preprocess_grey
 
 
 @dataclass(frozen=True)

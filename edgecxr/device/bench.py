@@ -19,14 +19,14 @@ from typing import Any
 import numpy as np
 
 from edgecxr import __version__
-from edgecxr.common.errors import DataError, EdgeCXRError
-from edgecxr.common.fsutil import atomic_append_line, portable_path, sha256_file
-from edgecxr.common.metrics import binary_metrics, delong_paired, expected_calibration_error, softmax_pos, summarize
-from edgecxr.common.preprocess import preprocess_grey
-from edgecxr.common.sysinfo import default_device_name, device_facts, reset_peak_rss, rss_mb
 from edgecxr.device.backends import open_backend
 from edgecxr.device.backends.base import Subject  # noqa: F401  (re-exported: bench.Subject is public)
 from edgecxr.device.bundle import Bundle, IOSpec, verify
+from edgecxr.shared.errors import DataError, EdgeCXRError
+from edgecxr.shared.fsutil import atomic_append_line, portable_path, sha256_file
+from edgecxr.shared.metrics import binary_metrics, delong_paired, expected_calibration_error, softmax_pos, summarize
+from edgecxr.shared.preprocess import preprocess_grey
+from edgecxr.shared.sysinfo import default_device_name, device_facts, reset_peak_rss, rss_mb
 
 RECORD_SCHEMA = 1
 
@@ -69,7 +69,7 @@ def _encode_time(spec: IOSpec, x: np.ndarray) -> tuple[np.ndarray, float]:
 
 def load_images(subject: Subject, data: str | Path | None, max_images: int, log) -> dict[str, Any]:
     """Evaluation images in a fixed order (sorted by relative path), preprocessed, with timings."""
-    from edgecxr.common.data import SplitManifest, load_item, scan
+    from edgecxr.shared.data import SplitManifest, load_item, scan
 
     if data is None:
         hint = subject.data_hint or {}
@@ -141,7 +141,7 @@ def run(subject: Subject, data: str | Path | None = None, cfg: BenchConfig | Non
         imgs = load_images(subject, data, cfg.max_images, log)
         x_all = imgs["x"]
     else:
-        from edgecxr.common.preprocess import normalize
+        from edgecxr.shared.preprocess import normalize
 
         x_all = normalize(np.full((subject.preprocess.size,) * 2, 0.5, np.float32), subject.preprocess)[None]
     # cold start: construct + load/compile + first inference

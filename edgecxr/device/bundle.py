@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from edgecxr.common.errors import BundleError
-from edgecxr.common.fsutil import atomic_write_bytes, sha256_file, write_tar
-from edgecxr.common.preprocess import PreprocessConfig
-from edgecxr.common.runtimes import RUNTIMES
+from edgecxr.shared.errors import BundleError
+from edgecxr.shared.fsutil import atomic_write_bytes, sha256_file, write_tar
+from edgecxr.shared.preprocess import PreprocessConfig
+from edgecxr.shared.runtimes import RUNTIMES
 
 SCHEMA = 1
 KIND = "edgecxr-bundle"
@@ -115,7 +115,7 @@ def file_table(folder: Path, names: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
-    from edgecxr.common.fsutil import to_jsonable
+    from edgecxr.shared.fsutil import to_jsonable
 
     atomic_write_bytes(folder / MANIFEST, (json.dumps(to_jsonable(manifest), indent=1) + "\n").encode())
 
@@ -192,7 +192,7 @@ def pack(folder: str | Path, archive: str | Path | None = None) -> Path:
 
 def unpack(archive: str | Path, dest_parent: str | Path, force: bool = False) -> Bundle:
     """Unpack a bundle archive, verify it in a temp folder, then move it into place."""
-    from edgecxr.common.fsutil import atomic_dir
+    from edgecxr.shared.fsutil import atomic_dir
 
     archive = Path(archive)
     if not archive.exists():

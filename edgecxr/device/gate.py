@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from edgecxr.common.errors import GateFailure
-from edgecxr.common.fsutil import atomic_write_json, atomic_write_text, portable_path
 from edgecxr.device.bench import BenchConfig, run, subject_from_bundle
+from edgecxr.shared.errors import GateFailure
+from edgecxr.shared.fsutil import atomic_write_json, atomic_write_text, portable_path
 
 NAN = float("nan")
 
@@ -97,8 +97,8 @@ class _Cache:
 
 def _stress_images(stress: Path, pp, cache: _Cache):
     """All groups of a stress set as one image set, with each image's corruption and severity."""
-    from edgecxr.common.stress import load_stress_manifest
     from edgecxr.device.paired import ImageSet
+    from edgecxr.shared.stress import load_stress_manifest
 
     key = ("stress", str(stress), repr(pp))
     if key in cache.sets:

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from edgecxr.common.errors import BundleError, DataError
-from edgecxr.common.metrics import binary_metrics, delong_paired, softmax_pos
 from edgecxr.device.bundle import verify
+from edgecxr.shared.errors import BundleError, DataError
+from edgecxr.shared.metrics import binary_metrics, delong_paired, softmax_pos
 
 
 @dataclass
@@ -36,8 +36,8 @@ class ImageSet:
 def load_image_set(data: str | Path, preprocess) -> ImageSet:
     from dataclasses import asdict
 
-    from edgecxr.common.data import load_item, scan
-    from edgecxr.common.preprocess import preprocess_grey
+    from edgecxr.shared.data import load_item, scan
+    from edgecxr.shared.preprocess import preprocess_grey
 
     ds = scan(data)
     items = sorted(ds.items, key=lambda it: it.path)

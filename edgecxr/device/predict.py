@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgecxr.common.errors import ImageReadError
 from edgecxr.device.api import Model
+from edgecxr.shared.errors import ImageReadError
 
 
 def predict(bundle: str | Path, images: list[str | Path], threads: int | None = None) -> list[dict[str, Any]]:

@@ -6,14 +6,14 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from edgecxr.common.errors import DataError
-from edgecxr.common.fsutil import atomic_write_text
-from edgecxr.common.sysinfo import INT8_ISA_NOTES
 from edgecxr.device.bench import read_results
+from edgecxr.shared.errors import DataError
+from edgecxr.shared.fsutil import atomic_write_text
+from edgecxr.shared.sysinfo import INT8_ISA_NOTES
 
 
 def _isa(r: dict[str, Any]) -> str:
-    from edgecxr.common.sysinfo import int8_isa
+    from edgecxr.shared.sysinfo import int8_isa
 
     f = r.get("device_facts") or {}
     return f.get("int8_isa") or int8_isa(set(f.get("cpu_flags") or []), f.get("machine") or "")
@@ -154,7 +154,7 @@ def _plot_latency_size(plt, dev: str, rows: list[dict[str, Any]], path: Path) ->
     from matplotlib.colors import to_rgba
     from matplotlib.lines import Line2D
 
-    from edgecxr.common.plots import _save
+    from edgecxr.shared.plots import _save
 
     fig, (ax, lax) = plt.subplots(1, 2, figsize=(8.2, 4.6), gridspec_kw={"width_ratios": [4.2, 1]})
     by_name = {x["name"]: x for x in rows}
@@ -217,8 +217,8 @@ def _plot_latency_size(plt, dev: str, rows: list[dict[str, Any]], path: Path) ->
 def _plot_roc(plt, dev: str, rocs: list[dict[str, Any]], path: Path) -> None:
     import numpy as np
 
-    from edgecxr.common.metrics import roc_curve
-    from edgecxr.common.plots import _save
+    from edgecxr.shared.metrics import roc_curve
+    from edgecxr.shared.plots import _save
 
     groups = [(t, [r for r in rocs if _is_pruned(r["subject"]["name"]) == pr])
               for t, pr in (("full models", False), ("pruned models", True))]
@@ -288,7 +288,7 @@ def _plot_roc(plt, dev: str, rocs: list[dict[str, Any]], path: Path) -> None:
 def plot_device(dev: str, recs: OrderedDict[str, dict[str, Any]], out_dir: Path) -> list[Path]:
     """``<dev>-latency-size.png`` and ``<dev>-roc.png`` in ``out_dir`` (those that have data); [] without matplotlib."""
     try:
-        from edgecxr.common.plots import _plt
+        from edgecxr.shared.plots import _plt
     except ImportError:
         return []
     try:

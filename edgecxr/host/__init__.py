@@ -4,5 +4,5 @@
 :mod:`.calibrate` makes calibration sets, :mod:`.evaluate` scores a checkpoint, :mod:`.export`
 converts it into a bundle per target with the converter named in the runtime registry,
 :mod:`.torchref` runs the PyTorch float reference through the bench runner, and :mod:`.workflows`
-chains them (`pipeline`, `demo`). May import :mod:`edgecxr.device` and :mod:`edgecxr.common`.
+chains them (`pipeline`, `demo`). May import :mod:`edgecxr.device` and :mod:`edgecxr.shared`.
 """

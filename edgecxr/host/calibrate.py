@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 
 from edgecxr import LABELS
-from edgecxr.common.data import NPZ_SEP, SplitManifest
-from edgecxr.common.errors import DataError, EdgeCXRError
-from edgecxr.common.fsutil import atomic_dir, sha256_file
-from edgecxr.common.imageio import load_grey
+from edgecxr.shared.data import NPZ_SEP, SplitManifest
+from edgecxr.shared.errors import DataError, EdgeCXRError
+from edgecxr.shared.fsutil import atomic_dir, sha256_file
+from edgecxr.shared.imageio import load_grey
 
 MANIFEST = "manifest.json"
 

@@ -7,10 +7,11 @@ from typing import Any
 
 import numpy as np
 
-from edgecxr.common.data import SplitManifest, load_eval_set
-from edgecxr.common.errors import EdgeCXRError
-from edgecxr.common.fsutil import atomic_write_json
-from edgecxr.common.metrics import (
+from edgecxr.host.model import load_checkpoint
+from edgecxr.shared.data import SplitManifest, load_eval_set
+from edgecxr.shared.errors import EdgeCXRError
+from edgecxr.shared.fsutil import atomic_write_json
+from edgecxr.shared.metrics import (
     apply_temperature,
     choose_threshold,
     expected_calibration_error,
@@ -19,8 +20,7 @@ from edgecxr.common.metrics import (
     reliability_bins,
     summarize,
 )
-from edgecxr.common.preprocess import PreprocessConfig, resize_grey
-from edgecxr.host.model import load_checkpoint
+from edgecxr.shared.preprocess import PreprocessConfig, resize_grey
 
 
 def evaluate(checkpoint: str | Path, split: str | Path | None = None, data: str | Path | None = None,
@@ -82,7 +82,7 @@ def evaluate(checkpoint: str | Path, split: str | Path | None = None, data: str 
                 f"{thr:.4f} -> {float(apply_temperature([thr], temp)[0]):.4f} (the same decisions)")
     if reliability:
         try:
-            from edgecxr.common.plots import plot_reliability
+            from edgecxr.shared.plots import plot_reliability
 
             plot_reliability(m["calibration"]["bins"], m["calibration"]["ece"], reliability, where)
         except ImportError:
@@ -104,7 +104,7 @@ def _save_with_threshold(src: str | Path, dst: str | Path, thr: float, rule: str
 
     import torch
 
-    from edgecxr.common.fsutil import atomic_write_bytes
+    from edgecxr.shared.fsutil import atomic_write_bytes
 
     if Path(dst).resolve() == Path(src).resolve():
         raise EdgeCXRError("--save must name a new file, not the checkpoint itself", dst)

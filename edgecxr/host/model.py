@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from edgecxr import LABELS, __version__
-from edgecxr.common.errors import EdgeCXRError
-from edgecxr.common.fsutil import atomic_write_bytes, sha256_file
-from edgecxr.common.preprocess import PreprocessConfig
+from edgecxr.shared.errors import EdgeCXRError
+from edgecxr.shared.fsutil import atomic_write_bytes, sha256_file
+from edgecxr.shared.preprocess import PreprocessConfig
 
 CKPT_FORMAT = "edgecxr-checkpoint"
 CKPT_VERSION = 1

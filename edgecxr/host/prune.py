@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgecxr.common.errors import EdgeCXRError
+from edgecxr.shared.errors import EdgeCXRError
 
 IMPORTANCES = ("magnitude", "taylor")
 PRUNE_FORMAT = 1
@@ -128,8 +128,8 @@ def _check_mobilenet(model: nn.Module, path: Path) -> None:
 
 
 def _evaluate(model: nn.Module, cache: np.ndarray, y: np.ndarray, pp, threshold: float) -> dict[str, Any]:
-    from edgecxr.common.metrics import summarize
     from edgecxr.host.train import predict_cache
+    from edgecxr.shared.metrics import summarize
 
     _, prob = predict_cache(model, cache, pp)
     if not np.all(np.isfinite(prob)):
@@ -179,7 +179,7 @@ def recalibrate_bn(model: nn.Module, x: np.ndarray, pp, batch_size: int = 64) ->
 
 
 def _write_history(path: Path, rows: list[dict[str, Any]]) -> None:
-    from edgecxr.common.fsutil import atomic_write_text
+    from edgecxr.shared.fsutil import atomic_write_text
 
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(rows[0].keys()))
@@ -239,12 +239,12 @@ def prune_checkpoint(checkpoint: str | Path, out_dir: str | Path, ratio: float, 
     its gradients from ``taylor_images`` training images.  Returns the prune.json record (with ``checkpoint``:
     the path of the pruned best.pt).  Raises EdgeCXRError for bad input before writing anything.
     """
-    from edgecxr.common.data import SplitManifest
-    from edgecxr.common.fsutil import atomic_dir, atomic_write_bytes, atomic_write_json, sha256_file
-    from edgecxr.common.metrics import choose_threshold, summarize
-    from edgecxr.common.preprocess import PreprocessConfig
     from edgecxr.host import train as T
     from edgecxr.host.model import describe_arch, load_checkpoint, save_checkpoint
+    from edgecxr.shared.data import SplitManifest
+    from edgecxr.shared.fsutil import atomic_dir, atomic_write_bytes, atomic_write_json, sha256_file
+    from edgecxr.shared.metrics import choose_threshold, summarize
+    from edgecxr.shared.preprocess import PreprocessConfig
 
     t0 = time.time()
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
@@ -449,7 +449,7 @@ def prune_checkpoint(checkpoint: str | Path, out_dir: str | Path, ratio: float, 
         if history:
             _write_history(tmp / "history.csv", history)
             try:
-                from edgecxr.common.plots import plot_history
+                from edgecxr.shared.plots import plot_history
 
                 plot_history(history, tmp / "curves.png")
             except ImportError:

@@ -47,7 +47,7 @@ def build_baseline(arch: str):
         return torchvision.models.resnet50(num_classes=2)
     if arch == "mobilenet_v2":
         return torchvision.models.mobilenet_v2(num_classes=2)
-    from edgecxr.common.errors import EdgeCXRError
+    from edgecxr.shared.errors import EdgeCXRError
 
     raise EdgeCXRError(f"unknown baseline {arch!r} (densenet121, resnet50, mobilenet_v2)")
 
@@ -56,10 +56,10 @@ def subject_from_checkpoint(path):
     """Bench subject for the PyTorch fp32 model itself (host only)."""
     from pathlib import Path
 
-    from edgecxr.common.preprocess import PreprocessConfig
     from edgecxr.device.backends.base import Subject
     from edgecxr.device.bundle import IOSpec
     from edgecxr.host.model import read_checkpoint
+    from edgecxr.shared.preprocess import PreprocessConfig
 
     blob = read_checkpoint(path)
     pp = PreprocessConfig.from_dict(blob["preprocess"])
@@ -71,7 +71,7 @@ def subject_from_checkpoint(path):
         b.load()
         return b
 
-    from edgecxr.common.fsutil import sha256_file
+    from edgecxr.shared.fsutil import sha256_file
 
     return Subject(name="pytorch-fp32", target="host", backend="torch", precision="fp32", preprocess=pp,
                    threshold=blob.get("threshold"), model_bytes=Path(path).stat().st_size, reference={},
@@ -84,9 +84,9 @@ def subject_baseline(arch: str, size: int = 224):
 
     import torch
 
-    from edgecxr.common.preprocess import PreprocessConfig
     from edgecxr.device.backends.base import Subject
     from edgecxr.device.bundle import IOSpec
+    from edgecxr.shared.preprocess import PreprocessConfig
 
     pp = PreprocessConfig(size=size)
     m = build_baseline(arch)

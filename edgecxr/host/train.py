@@ -28,11 +28,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgecxr import LABELS, __version__
-from edgecxr.common.data import Item, SplitManifest
-from edgecxr.common.errors import EdgeCXRError
-from edgecxr.common.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
-from edgecxr.common.metrics import choose_threshold, softmax_pos, summarize
-from edgecxr.common.preprocess import PreprocessConfig, resize_grey
 from edgecxr.host.model import (
     build_from_arch,
     build_mobilenet_v2,
@@ -42,6 +37,11 @@ from edgecxr.host.model import (
     read_checkpoint,
     save_checkpoint,
 )
+from edgecxr.shared.data import Item, SplitManifest
+from edgecxr.shared.errors import EdgeCXRError
+from edgecxr.shared.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
+from edgecxr.shared.metrics import choose_threshold, softmax_pos, summarize
+from edgecxr.shared.preprocess import PreprocessConfig, resize_grey
 
 
 @dataclass
@@ -450,7 +450,7 @@ class Trainer:
             sched.step()
             logits, prob = predict_cache(eval_model, xva, pp)
             vloss = float(val_loss_fn(torch.from_numpy(logits), torch.from_numpy(yva)))
-            from edgecxr.common.metrics import binary_metrics, roc_auc
+            from edgecxr.shared.metrics import binary_metrics, roc_auc
 
             vauc = roc_auc(yva, prob)
             vacc = binary_metrics(yva, prob, 0.5).accuracy
@@ -482,7 +482,7 @@ class Trainer:
         method, target = _threshold_rule(cfg.threshold_rule)
         thr = choose_threshold(yva, prob, method, target)
         metrics = summarize(yva, prob, thr)
-        from edgecxr.common.metrics import expected_calibration_error, fit_temperature, reliability_bins
+        from edgecxr.shared.metrics import expected_calibration_error, fit_temperature, reliability_bins
 
         metrics["ece"] = expected_calibration_error(yva, prob)
         metrics["temperature_fit"] = fit_temperature(yva, prob)
@@ -504,7 +504,7 @@ class Trainer:
                                                for it, p in zip(val_items, prob, strict=True)]
         atomic_write_text(out / "val_predictions.csv", "\n".join(lines) + "\n")
         try:
-            from edgecxr.common.plots import plot_history, plot_reliability, plot_roc
+            from edgecxr.shared.plots import plot_history, plot_reliability, plot_roc
 
             plot_history(history, out / "curves.png")
             plot_reliability(reliability_bins(yva, prob), metrics["ece"], out / "reliability_val.png")
@@ -519,7 +519,7 @@ class Trainer:
             return load_cache(split, items, size, lambda i: step())
 
     def _bar(self, total: int, desc: str):
-        from edgecxr.common.progress import bar
+        from edgecxr.shared.progress import bar
 
         return bar(total, desc, enabled=self.show_progress)
 
@@ -551,7 +551,7 @@ def _cpu_state(obj):
 
 
 def _threshold_rule(rule: str):
-    from edgecxr.common.metrics import parse_threshold_spec
+    from edgecxr.shared.metrics import parse_threshold_spec
 
     try:
         return parse_threshold_spec(rule)

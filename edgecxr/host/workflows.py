@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from edgecxr.common.errors import EdgeCXRError, GateFailure
+from edgecxr.shared.errors import EdgeCXRError, GateFailure
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = ("rpi", "nuc", "jetson")
@@ -139,11 +139,11 @@ def export_bench_report_gate(models: list[Model], dist: Path, results: Path, rep
     the report written, the int8 bundles gated (against their fp32 twins, or with ``against_twins``
     false against the float reference each bundle carries). A gate failure is returned, not raised,
     so the caller prints the table first."""
-    from edgecxr.common.preprocess import PreprocessConfig
     from edgecxr.device.gate import gate
     from edgecxr.device.report import report
     from edgecxr.host.export import export_bundle, load_eval_set
     from edgecxr.host.model import read_checkpoint
+    from edgecxr.shared.preprocess import PreprocessConfig
 
     bundles: list[Path] = []
     ev = eval_set
@@ -184,10 +184,10 @@ def demo(models_dir: Path = ROOT / "models", eval_dir: Path = ROOT / "data" / "k
          results: Path = ROOT / "benchmarks" / "results", report_out: Path = ROOT / "benchmarks" / "RESULTS.md",
          device: str | None = None, iterations: int = 100, baseline: str | None = "densenet121",
          max_auc_drop: float = 0.005, min_agreement: float = 0.98, stress_images: int = 100, log=print) -> int:
-    from edgecxr.common.preprocess import PreprocessConfig
     from edgecxr.host.export import load_eval_set
     from edgecxr.host.model import read_checkpoint
     from edgecxr.host.torchref import subject_baseline, subject_from_checkpoint
+    from edgecxr.shared.preprocess import PreprocessConfig
 
     t0 = time.time()
     models = reference_models(models_dir)
@@ -210,7 +210,7 @@ def demo(models_dir: Path = ROOT / "models", eval_dir: Path = ROOT / "data" / "k
                                     gate_summary=ROOT / "benchmarks" / "gate-summary.md",
                                     gate_details=dist / "gate.json", expect_fail=KNOWN_STRESS_FAILURES)
     try:
-        from edgecxr.common.plots import int8_vs_fp32
+        from edgecxr.shared.plots import int8_vs_fp32
 
         pics = int8_vs_fp32(dist / "gate.json", ROOT / "benchmarks" / "plots")
         log(f"  int8 against fp32 pictures: {', '.join(str(p.relative_to(ROOT)) for p in pics)}")
@@ -232,7 +232,7 @@ def demo(models_dir: Path = ROOT / "models", eval_dir: Path = ROOT / "data" / "k
 
 def make_demo_stress(eval_dir: Path, out: Path, n: int, log) -> Path:
     """The seeded shift stress set of ``n`` evaluation images (reused when its recipe matches)."""
-    from edgecxr.common.stress import load_stress_manifest, make_stress_set, recipe
+    from edgecxr.shared.stress import load_stress_manifest, make_stress_set, recipe
 
     if out.exists():
         try:
@@ -248,7 +248,7 @@ def make_demo_stress(eval_dir: Path, out: Path, n: int, log) -> Path:
 
 
 def _tname(t: str) -> str:
-    from edgecxr.common.targets import get_target
+    from edgecxr.shared.targets import get_target
 
     return get_target(t).name
 
@@ -283,7 +283,7 @@ class StepRecord:
         return self.settings(step) == json.loads(json.dumps(settings))
 
     def done(self, step: str, settings: dict[str, Any], seconds: float) -> None:
-        from edgecxr.common.fsutil import atomic_write_json
+        from edgecxr.shared.fsutil import atomic_write_json
 
         self.data["steps"][step] = {"settings": settings, "seconds": round(seconds, 1)}
         atomic_write_json(self.path, self.data, indent=1)
@@ -310,10 +310,10 @@ def pipeline(source: Path, out: Path, quick: bool = False, size: int = 224, epoc
              prune_ratio: float = 0.5, finetune_epochs: int = 3, device: str | None = None, log=print,
              recipe: str = "acquisition", threshold: str = "sens=0.95", train_device: str = "auto") -> int:
     """Raw images to gated bundles, every step with the project's own commands."""
-    from edgecxr.common.data import make_split
-    from edgecxr.common.fsutil import sha256_file
     from edgecxr.host.calibrate import make_calibration_set
     from edgecxr.host.train import TrainConfig, Trainer, apply_recipe
+    from edgecxr.shared.data import make_split
+    from edgecxr.shared.fsutil import sha256_file
 
     t0 = time.time()
     rec = StepRecord(out)

@@ -23,12 +23,12 @@ from typer.testing import CliRunner
 
 from edgecxr import LABELS
 from edgecxr.cli.link import register
-from edgecxr.common.errors import BundleError, EdgeCXRError
-from edgecxr.common.fsutil import portable_path, sha256_file
 from edgecxr.device.bundle import MANIFEST, pack, verify
 from edgecxr.device.link import Agent, LinkConfig, RemoteClient, RemoteError
 from edgecxr.device.link.board import make_agent
 from edgecxr.device.link.host import bench_remote, ensure_bundle, predict_remote, push_bundle
+from edgecxr.shared.errors import BundleError, EdgeCXRError
+from edgecxr.shared.fsutil import portable_path, sha256_file
 from tests.conftest import MINI, ROOT
 
 from .cable import PtyPort

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from edgecxr.common.errors import EdgeCXRError
 from edgecxr.device.link import LinkConfig, LinkError, ProtocolMismatch, Transport
 from edgecxr.device.link.framing import FrameType, encode_frame
+from edgecxr.shared.errors import EdgeCXRError
 
 from .cable import PtyPort, pty_pair
 from .faults import FaultConfig, FaultRelay

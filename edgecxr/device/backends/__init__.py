@@ -3,7 +3,7 @@
 A backend loads one model file and maps a preprocessed float NCHW batch to
 float logits.  Everything else (data, order, warm-up, timing, statistics,
 records) belongs to the runner in ``edgecxr.device.bench``.  Adding a target is a new
-``Backend`` subclass named in the runtime registry (``edgecxr.common.runtimes``)
+``Backend`` subclass named in the runtime registry (``edgecxr.shared.runtimes``)
 plus a converter and a ``targets/*.toml`` file.
 """
 
@@ -18,9 +18,9 @@ if TYPE_CHECKING:
     from edgecxr.device.bundle import Bundle
 
 def backend_class(name: str) -> type[Backend]:
-    """The backend class the runtime registry (:mod:`edgecxr.common.runtimes`) names for ``name``."""
-    from edgecxr.common.errors import BundleError
-    from edgecxr.common.runtimes import RUNTIMES
+    """The backend class the runtime registry (:mod:`edgecxr.shared.runtimes`) names for ``name``."""
+    from edgecxr.shared.errors import BundleError
+    from edgecxr.shared.runtimes import RUNTIMES
 
     if name not in RUNTIMES:
         raise BundleError(f"unknown backend {name!r} (known: {', '.join(RUNTIMES)})")

@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from edgecxr.common.errors import BundleError
-from edgecxr.common.preprocess import PreprocessConfig
 from edgecxr.device.bundle import IOSpec
+from edgecxr.shared.errors import BundleError
+from edgecxr.shared.preprocess import PreprocessConfig
 
 
 @dataclass

@@ -28,7 +28,7 @@ class LiteRTBackend(Backend):
     name = "litert"
 
     def load(self) -> None:
-        from edgecxr.common.errors import BundleError
+        from edgecxr.shared.errors import BundleError
 
         mod, self._pkg, self._ver = _interpreter_cls()
         if mod is None:

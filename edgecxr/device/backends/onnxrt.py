@@ -18,7 +18,7 @@ class ONNXRuntimeBackend(Backend):
     name = "onnxruntime"
 
     def load(self) -> None:
-        from edgecxr.common.errors import BundleError
+        from edgecxr.shared.errors import BundleError
 
         try:
             import onnxruntime as ort

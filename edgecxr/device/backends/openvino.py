@@ -11,7 +11,7 @@ class OpenVINOBackend(Backend):
     name = "openvino"
 
     def load(self) -> None:
-        from edgecxr.common.errors import BundleError
+        from edgecxr.shared.errors import BundleError
 
         try:
             import openvino as ov

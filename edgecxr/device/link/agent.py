@@ -32,11 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from edgecxr import __version__
-from edgecxr.common.errors import EdgeCXRError
 from edgecxr.device.link.errors import LinkError, RemoteError, TransferError
 from edgecxr.device.link.files import FileReceiver, ReceiveOutcome, receive_file, send_file
 from edgecxr.device.link.framing import FrameType
 from edgecxr.device.link.transport import BytePort, LinkConfig, Message, Transport, dumps, port_name
+from edgecxr.shared.errors import EdgeCXRError
 
 log = logging.getLogger("edgecxr.device.link")
 
@@ -63,7 +63,7 @@ def _jsonable(obj: Any) -> Any:
         json.dumps(obj)
         return obj
     except (TypeError, ValueError):
-        from edgecxr.common.fsutil import to_jsonable
+        from edgecxr.shared.fsutil import to_jsonable
 
         return to_jsonable(obj)
 

@@ -14,7 +14,7 @@ Pushed files say what they are in ``meta.kind``: ``bundle`` (the default for ``.
 ``images`` (a ``.tar`` of a labelled folder) or ``image`` (the default otherwise).
 
 Ops (besides the agent's built-ins): ``bundles``, ``bench``, ``predict``; ``info`` also
-carries the device name, :func:`edgecxr.common.sysinfo.device_facts` and the installed bundles.
+carries the device name, :func:`edgecxr.shared.sysinfo.device_facts` and the installed bundles.
 Device side: no torch; the runtimes are imported only when an op needs them.
 """
 
@@ -29,12 +29,12 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from edgecxr.common.errors import BundleError, DataError, EdgeCXRError
-from edgecxr.common.fsutil import sha256_file
 from edgecxr.device.link.agent import Agent
 from edgecxr.device.link.errors import TransferError
 from edgecxr.device.link.files import check_name
 from edgecxr.device.link.transport import BytePort, LinkConfig
+from edgecxr.shared.errors import BundleError, DataError, EdgeCXRError
+from edgecxr.shared.fsutil import sha256_file
 
 log = logging.getLogger("edgecxr.device.link")
 
@@ -70,7 +70,7 @@ class BoardService:
     def device(self) -> str:
         if self._device:
             return self._device
-        from edgecxr.common.sysinfo import default_device_name
+        from edgecxr.shared.sysinfo import default_device_name
 
         return default_device_name()
 
@@ -127,7 +127,7 @@ class BoardService:
 
     def install_image_archive(self, archive: Path) -> dict[str, Any]:
         """Unpack a .tar of a labelled folder (NORMAL/, PNEUMONIA/) into ``images/<stem>/``."""
-        from edgecxr.common.fsutil import atomic_dir
+        from edgecxr.shared.fsutil import atomic_dir
 
         name = check_name(archive.name[:-4] if archive.name.endswith(".tar") else archive.name + ".d")
         final = self.images_dir / name
@@ -254,7 +254,7 @@ class BoardService:
 
     # ------------------------------------------------------------------ info
     def info(self) -> dict[str, Any]:
-        from edgecxr.common.sysinfo import device_facts
+        from edgecxr.shared.sysinfo import device_facts
 
         return {"device": self.device, "device_facts": device_facts(), "bundles": self.list_bundles(),
                 "data": str(self.data) if self.data is not None else None}

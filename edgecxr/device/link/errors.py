@@ -1,8 +1,8 @@
-"""Errors of the serial link.  All are one-line :class:`edgecxr.common.errors.EdgeCXRError` s."""
+"""Errors of the serial link.  All are one-line :class:`edgecxr.shared.errors.EdgeCXRError` s."""
 
 from __future__ import annotations
 
-from edgecxr.common.errors import EdgeCXRError
+from edgecxr.shared.errors import EdgeCXRError
 
 
 class LinkError(EdgeCXRError):

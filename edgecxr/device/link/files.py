@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgecxr.common.fsutil import atomic_write_bytes, sha256_file
 from edgecxr.device.link.errors import LinkError, RemoteError, TransferError
 from edgecxr.device.link.framing import FrameType
 from edgecxr.device.link.transport import Message, Transport
+from edgecxr.shared.fsutil import atomic_write_bytes, sha256_file
 
 log = logging.getLogger("edgecxr.device.link")
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgecxr.common.errors import EdgeCXRError
+from edgecxr.shared.errors import EdgeCXRError
 
 if TYPE_CHECKING:
     from edgecxr.device.link.files import TransferResult
@@ -107,8 +107,8 @@ def board_bundles(client: RemoteClient) -> list[dict[str, Any]]:
 def ensure_bundle(client: RemoteClient, bundle_dir: str | os.PathLike[str], echo: Echo = _say,
                   retries: int = PUSH_RETRIES) -> str:
     """The board's name for this bundle folder; pushes it unless the board holds the same manifest (sha256)."""
-    from edgecxr.common.fsutil import sha256_file
     from edgecxr.device.bundle import MANIFEST, verify
+    from edgecxr.shared.fsutil import sha256_file
 
     bundle_dir = Path(bundle_dir)
     if not bundle_dir.is_dir():
@@ -128,7 +128,7 @@ def ensure_bundle(client: RemoteClient, bundle_dir: str | os.PathLike[str], echo
 
 def _pack_images(folder: Path, archive: Path) -> int:
     """A deterministic .tar of a labelled folder (paths relative to it), so a re-push resumes."""
-    from edgecxr.common.fsutil import write_tar
+    from edgecxr.shared.fsutil import write_tar
 
     files = sorted(p for p in folder.rglob("*")
                    if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
@@ -178,9 +178,9 @@ def bench_remote(client: RemoteClient, bundle_dir: str | os.PathLike[str], resul
     ``params``: warmup, iterations, time_budget_s, batch, extra_batch, threads, max_images, options.
     ``results=None`` stores nothing.  Returns (record, results file).
     """
-    from edgecxr.common.fsutil import sha256_file
     from edgecxr.device.bench import store
     from edgecxr.device.bundle import MANIFEST
+    from edgecxr.shared.fsutil import sha256_file
 
     bundle_dir = Path(bundle_dir)
     name = ensure_bundle(client, bundle_dir, echo)

@@ -24,14 +24,14 @@ from typing import Any
 import numpy as np
 
 from edgecxr import LABELS, __version__
-from edgecxr.common.errors import BundleError, DataError, EdgeCXRError
-from edgecxr.common.fsutil import atomic_dir
-from edgecxr.common.metrics import binary_metrics, delong_paired, roc_auc, softmax_pos, summarize
-from edgecxr.common.preprocess import PreprocessConfig, preprocess_grey
-from edgecxr.common.runtimes import RUNTIMES
-from edgecxr.common.targets import Target, get_target
 from edgecxr.device.bundle import KIND, SCHEMA, file_table, pack, verify, write_manifest
 from edgecxr.host.export.base import converter_output
+from edgecxr.shared.errors import BundleError, DataError, EdgeCXRError
+from edgecxr.shared.fsutil import atomic_dir
+from edgecxr.shared.metrics import binary_metrics, delong_paired, roc_auc, softmax_pos, summarize
+from edgecxr.shared.preprocess import PreprocessConfig, preprocess_grey
+from edgecxr.shared.runtimes import RUNTIMES
+from edgecxr.shared.targets import Target, get_target
 
 CONVERTERS = {n: r.converter for n, r in RUNTIMES.items() if r.converter}  # from the runtime registry
 
@@ -48,8 +48,8 @@ class EvalSet:
 
 
 def load_eval_set(pp: PreprocessConfig, split: str | Path | None, data: str | Path | None) -> EvalSet:
-    from edgecxr.common.data import SplitManifest
-    from edgecxr.common.data import load_eval_set as load_folder
+    from edgecxr.shared.data import SplitManifest
+    from edgecxr.shared.data import load_eval_set as load_folder
 
     if split is not None:
         sm = SplitManifest.read(split)
@@ -155,7 +155,7 @@ def export_bundle(checkpoint: str | Path, target: str | Target, precision: str |
         if calib_stress:
             # one seeded stress corruption per calibration image (training images: nothing leaks
             # from the validation stress set), added to the clean ones
-            from edgecxr.common.stress import CORRUPTIONS, corrupt, image_rng
+            from edgecxr.shared.stress import CORRUPTIONS, corrupt, image_rng
 
             names = sorted(CORRUPTIONS)
             shas = [it["sha256"] for it in cs.manifest["items"]]

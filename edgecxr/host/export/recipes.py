@@ -32,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgecxr.common.errors import EdgeCXRError
+from edgecxr.shared.errors import EdgeCXRError
 
 
 @dataclass(frozen=True)

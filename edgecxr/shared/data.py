@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from edgecxr import LABELS
-from edgecxr.common.errors import DataError, EdgeCXRError, ImageReadError
-from edgecxr.common.fsutil import atomic_write_json, sha256_bytes, sha256_file
-from edgecxr.common.imageio import is_candidate, load_grey
+from edgecxr.shared.errors import DataError, EdgeCXRError, ImageReadError
+from edgecxr.shared.fsutil import atomic_write_json, sha256_bytes, sha256_file
+from edgecxr.shared.imageio import is_candidate, load_grey
 
 SPLIT_SCHEMA = 1
 NPZ_SEP = "#"

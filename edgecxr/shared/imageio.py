@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecxr.common.errors import ImageReadError
+from edgecxr.shared.errors import ImageReadError
 
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png"}
 DICOM_SUFFIXES = {".dcm", ".dicom"}

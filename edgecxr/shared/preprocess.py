@@ -84,7 +84,7 @@ def preprocess_grey(grey: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
 
 
 def preprocess_file(path: str | Path, cfg: PreprocessConfig) -> np.ndarray:
-    from edgecxr.common.imageio import load_grey
+    from edgecxr.shared.imageio import load_grey
 
     return preprocess_grey(load_grey(path), cfg)
 

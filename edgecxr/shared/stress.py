@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 
 from edgecxr import LABELS
-from edgecxr.common.data import NPZ_SEP, Item, SplitManifest, load_item, scan
-from edgecxr.common.errors import DataError, EdgeCXRError
-from edgecxr.common.fsutil import atomic_dir, sha256_bytes, sha256_file
+from edgecxr.shared.data import NPZ_SEP, Item, SplitManifest, load_item, scan
+from edgecxr.shared.errors import DataError, EdgeCXRError
+from edgecxr.shared.fsutil import atomic_dir, sha256_bytes, sha256_file
 
 RECIPE_VERSION = 1
 MANIFEST = "manifest.json"

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgecxr.common.errors import EdgeCXRError
-from edgecxr.common.runtimes import RUNTIMES, get_runtime
+from edgecxr.shared.errors import EdgeCXRError
+from edgecxr.shared.runtimes import RUNTIMES, get_runtime
 
 if sys.version_info >= (3, 11):
     import tomllib

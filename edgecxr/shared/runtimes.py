@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgecxr.common.errors import EdgeCXRError
+from edgecxr.shared.errors import EdgeCXRError
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ def _plt():
 def _save(fig, path: Path) -> None:
     import io
 
-    from edgecxr.common.fsutil import atomic_write_bytes
+    from edgecxr.shared.fsutil import atomic_write_bytes
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
@@ -47,7 +47,7 @@ def plot_history(history: list[dict], path: str | Path) -> None:
 
 def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path,
              thr_points: dict[str, float] | None = None, title: str = "ROC (validation split)") -> None:
-    from edgecxr.common.metrics import binary_metrics, roc_auc, roc_curve
+    from edgecxr.shared.metrics import binary_metrics, roc_auc, roc_curve
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(4.8, 4.6))
@@ -115,7 +115,7 @@ def _drop(v) -> str:
 def _load_gate_details(path: Path) -> dict:
     import json
 
-    from edgecxr.common.errors import DataError
+    from edgecxr.shared.errors import DataError
 
     try:
         text = path.read_text()
