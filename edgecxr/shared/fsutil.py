@@ -38,13 +38,16 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[Any]:
+    """Write ``path`` through a binary file object: a temp file in the same folder, fsync, rename.
+    On any error the temp file goes and ``path`` keeps what it had."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
@@ -53,6 +56,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_file(path) as f:
+        f.write(data)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -132,27 +140,15 @@ def write_tar(entries: list[tuple[str, Path]], archive: str | Path) -> Path:
     import tarfile
 
     archive = Path(archive)
-    archive.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=archive.parent, prefix=f".{archive.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
-                for name, path in sorted(entries, key=lambda e: e[0]):
-                    ti = tar.gettarinfo(str(path), arcname=name)
-                    ti.uid = ti.gid = 0
-                    ti.uname = ti.gname = ""
-                    ti.mtime = 0
-                    ti.mode = 0o644
-                    with open(path, "rb") as src:
-                        tar.addfile(ti, src)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, archive)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_file(archive) as f, tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, path in sorted(entries, key=lambda e: e[0]):
+            ti = tar.gettarinfo(str(path), arcname=name)
+            ti.uid = ti.gid = 0
+            ti.uname = ti.gname = ""
+            ti.mtime = 0
+            ti.mode = 0o644
+            with open(path, "rb") as src:
+                tar.addfile(ti, src)
     return archive
 
 
