@@ -31,7 +31,7 @@ import io
 import math
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from edgecxr.shared.errors import EdgeCXRError
+from edgecxr.shared.fsutil import atomic_dir, atomic_write_bytes, atomic_write_json, sha256_file
 
 IMPORTANCES = ("magnitude", "taylor")
 PRUNE_FORMAT = 1
@@ -188,16 +189,6 @@ def _write_history(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def _swap_prefix(obj: Any, old: str, new: str) -> Any:
-    if isinstance(obj, str):
-        return obj.replace(old, new)
-    if isinstance(obj, dict):
-        return {k: _swap_prefix(v, old, new) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_swap_prefix(v, old, new) for v in obj]
-    return obj
-
-
 def format_table(rec: dict[str, Any]) -> str:
     """The before/after table that ``prune_checkpoint`` logs."""
     b, a = rec["before"], rec["after"]
@@ -225,6 +216,146 @@ def format_table(rec: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------- main entry
+@dataclass
+class PruneSettings:
+    """How to prune: everything ``prune_checkpoint`` takes besides the source and the output folder."""
+    ratio: float
+    steps: int = 1
+    importance: str = "magnitude"
+    finetune_epochs: int = 3
+    round_to: int = 8
+    size: int | None = None
+    lr: float = 1e-3
+    seed: int = 0
+    batch_size: int = 32
+    threads: int = 0
+    max_train: int = 0
+    max_val: int = 0
+    taylor_images: int = 128
+    bn_images: int = 256
+
+    def validate(self) -> PruneSettings:
+        """The same settings, checked and normalised; EdgeCXRError (one line) for a bad one."""
+        try:
+            ratio = float(self.ratio)
+        except (TypeError, ValueError):
+            raise EdgeCXRError(f"pruning ratio {self.ratio!r} is not a number") from None
+        if not (0.0 < ratio < 1.0):  # also rejects NaN
+            raise EdgeCXRError(f"pruning ratio {ratio} must be strictly between 0 and 1 (0.5 removes half the channels)")
+        if int(self.steps) != self.steps or self.steps < 1:
+            raise EdgeCXRError(f"--steps {self.steps} must be a whole number >= 1")
+        if self.importance not in IMPORTANCES:
+            raise EdgeCXRError(f"unknown importance {self.importance!r} (magnitude or taylor)")
+        if self.finetune_epochs < 0:
+            raise EdgeCXRError(f"--finetune-epochs {self.finetune_epochs} must be >= 0")
+        if self.round_to < 1:
+            raise EdgeCXRError(f"--round-to {self.round_to} must be >= 1")
+        if self.bn_images < 0 or self.taylor_images < 1:
+            raise EdgeCXRError("--bn-images must be >= 0 and the Taylor image count >= 1")
+        if not self.lr > 0:
+            raise EdgeCXRError(f"--lr {self.lr} must be > 0")
+        return replace(self, ratio=ratio, steps=int(self.steps))
+
+
+@dataclass
+class _Source:
+    """The checkpoint to prune and the images that judge it, loaded and checked."""
+    path: Path
+    model: nn.Module
+    meta: dict[str, Any]
+    pp: Any  # PreprocessConfig at the pruning size
+    split: Path
+    sm: Any  # SplitManifest
+    train_items: list
+    val_items: list
+    xva: np.ndarray
+    yva: np.ndarray
+    recipe: str  # the source's training recipe (fine-tuning uses it)
+    threshold_rule: str
+    threshold: float
+    threshold_source: str
+
+
+def _load_source(checkpoint: Path, s: PruneSettings, split: str | Path | None) -> tuple[_Source, int]:
+    from edgecxr.host import train as T
+    from edgecxr.host.model import load_checkpoint
+    from edgecxr.shared.data import SplitManifest
+    from edgecxr.shared.preprocess import PreprocessConfig
+
+    model, meta = load_checkpoint(checkpoint)  # EdgeCXRError for anything that is not an edgecxr MobileNetV2
+    _check_mobilenet(model, checkpoint)
+    pp0 = PreprocessConfig.from_dict(meta["preprocess"])
+    size = int(s.size or pp0.size)
+    if size < 32:
+        raise EdgeCXRError(f"input size {size} is too small for MobileNetV2 (minimum 32)")
+    if split is None:
+        split = (meta.get("train") or {}).get("split")
+        if not split or not Path(split).exists():
+            raise EdgeCXRError("prune needs --split (validation AUC before/after, fine-tuning); "
+                               "the checkpoint's own split is not here")
+    split = Path(split)
+    sm = SplitManifest.read(split)
+    train_items = T._cap(sm.subset("train"), s.max_train, s.seed)
+    val_items = T._cap(sm.subset("val"), s.max_val, s.seed)
+    for name, its in (("train", train_items), ("val", val_items)):
+        if len({it.label for it in its}) < 2:
+            raise EdgeCXRError(f"the {name} part of the split is empty or has a single class", split)
+    recipe = (meta.get("train") or {}).get("recipe")
+    src = _Source(checkpoint, model, meta, replace(pp0, size=size), split, sm, train_items, val_items,
+                  np.zeros(0), np.zeros(0), recipe if recipe in T.RECIPES else "paper",
+                  meta.get("threshold_rule") or "youden", 0.0, "checkpoint")
+    return src, size
+
+
+def _check_plan(model: nn.Module, s: PruneSettings, size: int, channels: int, checkpoint: Path):
+    pruner = _make_pruner(model, size, channels, s.importance, s.ratio, s.steps, s.round_to)
+    plan = _plan(pruner, s.ratio, s.round_to)
+    if not plan:
+        raise EdgeCXRError("no prunable layer found (is this a MobileNetV2?)", checkpoint)
+    empty = [p for p in plan if p["keep"] < 1]
+    if empty:
+        worst = min(empty, key=lambda p: p["channels"])
+        max_ratio = 1 - 1 / min(p["channels"] for p in plan)
+        raise EdgeCXRError(
+            f"ratio {s.ratio} would leave {len(empty)} layer(s) empty (e.g. {worst['layer']}: {worst['channels']} "
+            f"channels); use a ratio of at most {max_ratio:.3f}", checkpoint)
+    return pruner, plan
+
+
+def _measure(model: nn.Module, src: _Source, threshold: float, file: Path) -> dict[str, Any]:
+    macs, params = count_macs_params(model, src.pp.size, src.pp.channels)
+    return {"params": params, "macs": macs, "fp32_bytes": fp32_bytes(model), "checkpoint_bytes": file.stat().st_size,
+            "channels": conv_channels(model), "val": _evaluate(model, src.xva, src.yva, src.pp, float(threshold))}
+
+
+def _finetune(model: nn.Module, arch: dict[str, Any], src: _Source, s: PruneSettings, k: int, tmp: Path,
+              orig_width: float, show_progress: bool, log) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Fine-tune the pruned weights in place with the source's recipe; returns (trainer result, best.pt blob)."""
+    from edgecxr.host import train as T
+    from edgecxr.host.model import save_checkpoint
+
+    run_dir = tmp / "finetune" / f"step{k}"
+    init = tmp / "finetune" / f"step{k}-init.pt"
+    save_checkpoint(init, model, arch, src.pp, None, {"prune_step": k})
+    cfg = T.TrainConfig(split=str(src.split), out=str(run_dir), size=src.pp.size, width_mult=orig_width,
+                        init=str(init), epochs=s.finetune_epochs, batch_size=s.batch_size, lr=s.lr,
+                        min_lr=min(1e-6, s.lr), patience=max(s.finetune_epochs, 1), seed=s.seed + k - 1,
+                        threads=s.threads, max_train=s.max_train, max_val=s.max_val,
+                        threshold_rule=src.threshold_rule,
+                        extra={"pruned_from": str(src.path), "prune_step": k})
+    # fine-tune with the augmentation the source was trained with (EMA and mixup off: two epochs are
+    # too short for either)
+    cfg = T.apply_recipe(cfg, src.recipe, {"ema": 0.0, "mixup": 0.0})
+    res = T.Trainer(cfg, log=log, show_progress=show_progress).run()
+    blob = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False)
+    model.load_state_dict(blob["state_dict"])  # same tensors the pruner tracks
+    model.eval()
+    init.unlink()
+    for p in run_dir.glob("*.pt"):  # the final weights go to out_dir/best.pt; drop optimizer state
+        p.unlink()
+    return res, blob
+
+
 def prune_checkpoint(checkpoint: str | Path, out_dir: str | Path, ratio: float, steps: int = 1,
                      importance: str = "magnitude", finetune_epochs: int = 3, split: str | Path | None = None,
                      round_to: int = 8, size: int | None = None, lr: float = 1e-3, seed: int = 0,
@@ -238,214 +369,87 @@ def prune_checkpoint(checkpoint: str | Path, out_dir: str | Path, ratio: float, 
     re-estimated on ``bn_images`` training images (0: keep the stale ones); Taylor importance takes
     its gradients from ``taylor_images`` training images.  Returns the prune.json record (with ``checkpoint``:
     the path of the pruned best.pt).  Raises EdgeCXRError for bad input before writing anything.
+    The steps: validate settings, load the source, plan, measure before, prune (and fine-tune) step
+    by step, write the pruned checkpoint, measure it as written, write prune.json.
     """
+    s = PruneSettings(ratio, steps, importance, finetune_epochs, round_to, size, lr, seed, batch_size, threads,
+                      max_train, max_val, taylor_images, bn_images).validate()
+    return _prune(Path(checkpoint), Path(out_dir), s, split, force, show_progress, log)
+
+
+def _prune(checkpoint: Path, out_dir: Path, s: PruneSettings, split, force: bool, show_progress: bool, log):
     from edgecxr.host import train as T
-    from edgecxr.host.model import describe_arch, load_checkpoint, save_checkpoint
-    from edgecxr.shared.data import SplitManifest
-    from edgecxr.shared.fsutil import atomic_dir, atomic_write_bytes, atomic_write_json, sha256_file
-    from edgecxr.shared.metrics import choose_threshold, summarize
-    from edgecxr.shared.preprocess import PreprocessConfig
+    from edgecxr.host.model import describe_arch
 
     t0 = time.time()
-    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
-    # ---- validate everything before writing anything
-    try:
-        ratio = float(ratio)
-    except (TypeError, ValueError):
-        raise EdgeCXRError(f"pruning ratio {ratio!r} is not a number") from None
-    if not (0.0 < ratio < 1.0):  # also rejects NaN
-        raise EdgeCXRError(f"pruning ratio {ratio} must be strictly between 0 and 1 (0.5 removes half the channels)")
-    if int(steps) != steps or steps < 1:
-        raise EdgeCXRError(f"--steps {steps} must be a whole number >= 1")
-    steps = int(steps)
-    if importance not in IMPORTANCES:
-        raise EdgeCXRError(f"unknown importance {importance!r} (magnitude or taylor)")
-    if finetune_epochs < 0:
-        raise EdgeCXRError(f"--finetune-epochs {finetune_epochs} must be >= 0")
-    if round_to < 1:
-        raise EdgeCXRError(f"--round-to {round_to} must be >= 1")
-    if bn_images < 0 or taylor_images < 1:
-        raise EdgeCXRError("--bn-images must be >= 0 and the Taylor image count >= 1")
-    if not lr > 0:
-        raise EdgeCXRError(f"--lr {lr} must be > 0")
     if out_dir.exists() and not force:
         raise EdgeCXRError("output folder exists; use --force to replace it or choose another --out", out_dir)
-
-    model, meta = load_checkpoint(checkpoint)  # EdgeCXRError for anything that is not an edgecxr MobileNetV2
-    _check_mobilenet(model, checkpoint)
+    src, size = _load_source(checkpoint, s, split)
+    model, meta, pp = src.model, src.meta, src.pp
     arch0 = dict(meta.get("arch") or {})
-    pp0 = PreprocessConfig.from_dict(meta["preprocess"])
-    size = int(size or pp0.size)
-    if size < 32:
-        raise EdgeCXRError(f"input size {size} is too small for MobileNetV2 (minimum 32)")
-    pp = replace(pp0, size=size)
-    if split is None:
-        split = (meta.get("train") or {}).get("split")
-        if not split or not Path(split).exists():
-            raise EdgeCXRError("prune needs --split (validation AUC before/after, fine-tuning); "
-                               "the checkpoint's own split is not here")
-    split = Path(split)
-    sm = SplitManifest.read(split)
-    train_items = T._cap(sm.subset("train"), max_train, seed)
-    val_items = T._cap(sm.subset("val"), max_val, seed)
-    for name, its in (("train", train_items), ("val", val_items)):
-        if len({it.label for it in its}) < 2:
-            raise EdgeCXRError(f"the {name} part of the split is empty or has a single class", split)
+    pruner, plan = _check_plan(model, s, size, pp.channels, checkpoint)
 
-    channels0 = conv_channels(model)
-    pruner = _make_pruner(model, size, pp.channels, importance, ratio, steps, round_to)
-    plan = _plan(pruner, ratio, round_to)
-    if not plan:
-        raise EdgeCXRError("no prunable layer found (is this a MobileNetV2?)", checkpoint)
-    empty = [p for p in plan if p["keep"] < 1]
-    if empty:
-        worst = min(empty, key=lambda p: p["channels"])
-        max_ratio = 1 - 1 / min(p["channels"] for p in plan)
-        raise EdgeCXRError(
-            f"ratio {ratio} would leave {len(empty)} layer(s) empty (e.g. {worst['layer']}: {worst['channels']} "
-            f"channels); use a ratio of at most {max_ratio:.3f}", checkpoint)
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    T.seed_everything(s.seed)
+    log(f"pruning {checkpoint} ({arch0.get('width_mult')}x MobileNetV2, {len(plan)} prunable groups) by {s.ratio} "
+        f"in {s.steps} step(s), {s.importance} importance, channels rounded to {s.round_to}")
+    log(f"data: {len(src.train_items)} train / {len(src.val_items)} val images at {size}px (split {src.split})")
+    src.xva = T.load_cache(src.sm, src.val_items, size)
+    src.yva = np.array([it.label for it in src.val_items])
+    src.threshold = meta.get("threshold")
+    if src.threshold is None:
+        from edgecxr.shared.metrics import choose_threshold
 
-    if threads:
-        torch.set_num_threads(threads)
-    T.seed_everything(seed)
-    log(f"pruning {checkpoint} ({arch0.get('width_mult')}x MobileNetV2, {len(plan)} prunable groups) by {ratio} "
-        f"in {steps} step(s), {importance} importance, channels rounded to {round_to}")
-    log(f"data: {len(train_items)} train / {len(val_items)} val images at {size}px (split {split})")
-    xva = T.load_cache(sm, val_items, size)
-    yva = np.array([it.label for it in val_items])
-
-    src_rule = meta.get("threshold_rule") or "youden"
-    src_recipe = (meta.get("train") or {}).get("recipe")
-    src_recipe = src_recipe if src_recipe in T.RECIPES else "paper"
-    thr0 = meta.get("threshold")
-    thr0_source = "checkpoint"
-    if thr0 is None:
-        _, p = T.predict_cache(model, xva, pp)
-        thr0, thr0_source = choose_threshold(yva, p, "youden"), "youden on validation (checkpoint had none)"
-    macs0, params0 = count_macs_params(model, size, pp.channels)
-    before = {"params": params0, "macs": macs0, "fp32_bytes": fp32_bytes(model),
-              "checkpoint_bytes": checkpoint.stat().st_size, "channels": channels0,
-              "val": _evaluate(model, xva, yva, pp, float(thr0)), "threshold_source": thr0_source}
-
-    xtay = ytay = xbn = None
-    if importance == "taylor":
-        tay_items = T._cap(train_items, taylor_images, seed)
-        xtay = T.load_cache(sm, tay_items, size)
-        ytay = torch.tensor([it.label for it in tay_items])
-        log(f"taylor importance: gradients from {len(tay_items)} training images")
-    if bn_images > 0:
-        bn_items = T._cap(train_items, bn_images, seed + 1)
-        xbn = T.load_cache(sm, bn_items, size)
-        xbn = xbn[np.random.default_rng(seed).permutation(len(xbn))]  # mixed classes in every batch
+        _, p = T.predict_cache(model, src.xva, pp)
+        src.threshold, src.threshold_source = choose_threshold(src.yva, p, "youden"), \
+            "youden on validation (checkpoint had none)"
+    before = {**_measure(model, src, src.threshold, checkpoint), "threshold_source": src.threshold_source}
+    xtay, ytay, xbn = _importance_and_bn_images(src, s, log)
 
     orig_width = float(arch0.get("original_width_mult", arch0.get("width_mult", 1.0)))
     step_log: list[dict[str, Any]] = []
     history: list[dict[str, Any]] = []
     final_blob: dict[str, Any] | None = None
     with atomic_dir(out_dir, force=force) as tmp:
-        for k in range(1, steps + 1):
+        for k in range(1, s.steps + 1):
             t_step = time.time()
             if xtay is not None and ytay is not None:
-                _taylor_gradients(model, xtay, ytay, pp, batch_size)
+                _taylor_gradients(model, xtay, ytay, pp, s.batch_size)
             pruner.step()
             model.zero_grad(set_to_none=True)
             model.eval()
             macs, params = count_macs_params(model, size, pp.channels)
-            pruned_val = _evaluate(model, xva, yva, pp, float(thr0))
-            srec: dict[str, Any] = {"step": k, "ratio": round(ratio * k / steps, 6), "params": params, "macs": macs,
-                                    "val_auc_pruned": pruned_val["auc"]}
-            msg = f"val AUC {pruned_val['auc']:.4f}"
+            srec: dict[str, Any] = {"step": k, "ratio": round(s.ratio * k / s.steps, 6), "params": params,
+                                    "macs": macs, "val_auc_pruned": _evaluate(model, src.xva, src.yva, pp,
+                                                                              float(src.threshold))["auc"]}
+            msg = f"val AUC {srec['val_auc_pruned']:.4f}"
             if xbn is not None:
                 recalibrate_bn(model, xbn, pp)
-                srec["val_auc_bn_recalibrated"] = _evaluate(model, xva, yva, pp, float(thr0))["auc"]
+                srec["val_auc_bn_recalibrated"] = _evaluate(model, src.xva, src.yva, pp, float(src.threshold))["auc"]
                 msg += f", {srec['val_auc_bn_recalibrated']:.4f} with batch-norm statistics re-estimated"
-            log(f"step {k}/{steps}: ratio {srec['ratio']:.3f}, {params:,} parameters, {macs:,} MACs, {msg}")
+            log(f"step {k}/{s.steps}: ratio {srec['ratio']:.3f}, {params:,} parameters, {macs:,} MACs, {msg}")
             arch = describe_arch(model, float(arch0.get("width_mult", orig_width)), pruned=True, extra={
-                "original_width_mult": orig_width, "prune_ratio": ratio, "prune_steps": steps,
-                "prune_importance": importance, "round_to": round_to, "channels": conv_channels(model),
-                "original_params": int(arch0.get("original_params", params0)),
+                "original_width_mult": orig_width, "prune_ratio": s.ratio, "prune_steps": s.steps,
+                "prune_importance": s.importance, "round_to": s.round_to, "channels": conv_channels(model),
+                "original_params": int(arch0.get("original_params", before["params"])),
             })
-            if finetune_epochs > 0:
-                run_dir = tmp / "finetune" / f"step{k}"
-                init = tmp / "finetune" / f"step{k}-init.pt"
-                save_checkpoint(init, model, arch, pp, None, {"prune_step": k})
-                cfg = T.TrainConfig(split=str(split), out=str(run_dir), size=size, width_mult=orig_width,
-                                    init=str(init), epochs=finetune_epochs, batch_size=batch_size, lr=lr,
-                                    min_lr=min(1e-6, lr), patience=max(finetune_epochs, 1), seed=seed + k - 1,
-                                    threads=threads, max_train=max_train, max_val=max_val,
-                                    threshold_rule=src_rule,
-                                    extra={"pruned_from": str(checkpoint), "prune_step": k})
-                # fine-tune with the augmentation the source was trained with (EMA and mixup off:
-                # two epochs are too short for either)
-                cfg = T.apply_recipe(cfg, src_recipe, {"ema": 0.0, "mixup": 0.0})
-                res = T.Trainer(cfg, log=log, show_progress=show_progress).run()
-                blob = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False)
-                model.load_state_dict(blob["state_dict"])  # same tensors the pruner tracks
-                model.eval()
+            if s.finetune_epochs > 0:
+                res, final_blob = _finetune(model, arch, src, s, k, tmp, orig_width, show_progress, log)
                 srec.update({"val_auc_finetuned": res["metrics"]["auc"], "best_epoch": res["best_epoch"],
                              "epochs_run": res["epochs_run"]})
-                with open(run_dir / "history.csv", newline="") as f:
-                    for row in csv.DictReader(f):
-                        history.append({"step": k, "epoch": len(history) + 1, "step_epoch": int(row["epoch"]),
-                                        **{c: float(row[c]) for c in ("train_loss", "val_loss", "val_auc",
-                                                                       "val_acc@0.5", "lr", "seconds")}})
-                final_blob = blob
-                init.unlink()
-                for p in run_dir.glob("*.pt"):  # the final weights go to out_dir/best.pt; drop optimizer state
-                    if p.name != "best.pt" or k < steps:
-                        p.unlink()
+                for row in res["history"]:
+                    history.append({"step": k, "epoch": len(history) + 1, "step_epoch": int(row["epoch"]),
+                                    **{c: float(row[c]) for c in ("train_loss", "val_loss", "val_auc",
+                                                                   "val_acc@0.5", "lr", "seconds")}})
             srec["seconds"] = round(time.time() - t_step, 2)
             step_log.append(srec)
 
-        # ---- the pruned checkpoint
-        prune_info = {"source": str(checkpoint), "source_sha256": meta["sha256"], "ratio": ratio, "steps": steps,
-                      "importance": importance, "round_to": round_to, "finetune_epochs": finetune_epochs,
-                      "split": str(split), "size": size, "bn_images": 0 if xbn is None else len(xbn)}
-        best = tmp / "best.pt"
-        if final_blob is not None:
-            last_run = tmp / "finetune" / f"step{steps}"
-            final_blob["train"] = _swap_prefix(final_blob.get("train") or {}, str(tmp), str(out_dir))
-            final_blob["prune"] = prune_info
-            # the fine-tune's init file was a temporary copy of the pruned weights: name the real source
-            final_blob["init"] = {"init": "pruned", "from_checkpoint": str(checkpoint), "sha256": meta["sha256"],
-                                  "note": f"{ratio} channel pruning of the source, then fine-tuned"}
-            final_blob["arch"] = arch
-            buf = io.BytesIO()
-            torch.save(final_blob, buf)
-            atomic_write_bytes(best, buf.getvalue())
-            (last_run / "best.pt").unlink()
-        else:
-            _, prob = T.predict_cache(model, xva, pp)
-            thr = choose_threshold(yva, prob, *T._threshold_rule(src_rule))
-            save_checkpoint(best, model, arch, pp, thr, {
-                "threshold_rule": src_rule, "val_metrics": summarize(yva, prob, thr),
-                "train": {"split": str(split), "size": size, "epochs": 0,
-                          "note": f"pruned without fine-tuning; threshold chosen on validation ({src_rule})"},
-                "prune": prune_info,
-            })
-
-        # ---- after: measured on the checkpoint as written, loaded with nothing else
-        pmodel, pmeta = load_checkpoint(best)
-        macs1, params1 = count_macs_params(pmodel, size, pp.channels)
-        channels1 = conv_channels(pmodel)
-        after = {"params": params1, "macs": macs1, "fp32_bytes": fp32_bytes(pmodel),
-                 "checkpoint_bytes": best.stat().st_size, "channels": channels1,
-                 "val": _evaluate(pmodel, xva, yva, pp, float(pmeta["threshold"]))}
-        rec: dict[str, Any] = {
-            "format": PRUNE_FORMAT, "kind": "edgecxr-prune",
-            "checkpoint": str(out_dir / "best.pt"), "checkpoint_sha256": sha256_file(best),
-            **{k: v for k, v in prune_info.items() if k != "source_sha256"},
-            "source_sha256": meta["sha256"], "lr": lr, "seed": seed, "batch_size": batch_size,
-            "max_train": max_train, "max_val": max_val,
-            "n_train": len(train_items), "n_val": len(val_items),
-            "before": before, "after": after,
-            "reduction": {"params": params1 / params0, "macs": macs1 / macs0,
-                          "fp32_bytes": after["fp32_bytes"] / before["fp32_bytes"],
-                          "val_auc_change": after["val"]["auc"] - before["val"]["auc"],
-                          "val_accuracy_change": after["val"]["accuracy"] - before["val"]["accuracy"]},
-            "plan": plan, "step_log": step_log,
-            "env": T.env_record(), "seconds": None,
-        }
+        prune_info = {"source": str(checkpoint), "source_sha256": meta["sha256"], "ratio": s.ratio, "steps": s.steps,
+                      "importance": s.importance, "round_to": s.round_to, "finetune_epochs": s.finetune_epochs,
+                      "split": str(src.split), "size": size, "bn_images": 0 if xbn is None else len(xbn)}
+        best = _write_pruned(tmp, out_dir, model, arch, src, s, final_blob, prune_info)
+        rec = _record(best, out_dir, src, s, prune_info, before, plan, step_log)
         if history:
             _write_history(tmp / "history.csv", history)
             try:
@@ -460,3 +464,77 @@ def prune_checkpoint(checkpoint: str | Path, out_dir: str | Path, ratio: float, 
     log(f"wrote {out_dir}: best.pt, prune.json{', history.csv, curves.png' if history else ''} "
         f"({rec['seconds']:.0f}s)")
     return rec
+
+
+def _importance_and_bn_images(src: _Source, s: PruneSettings, log):
+    from edgecxr.host import train as T
+
+    xtay = ytay = xbn = None
+    if s.importance == "taylor":
+        tay_items = T._cap(src.train_items, s.taylor_images, s.seed)
+        xtay = T.load_cache(src.sm, tay_items, src.pp.size)
+        ytay = torch.tensor([it.label for it in tay_items])
+        log(f"taylor importance: gradients from {len(tay_items)} training images")
+    if s.bn_images > 0:
+        bn_items = T._cap(src.train_items, s.bn_images, s.seed + 1)
+        xbn = T.load_cache(src.sm, bn_items, src.pp.size)
+        xbn = xbn[np.random.default_rng(s.seed).permutation(len(xbn))]  # mixed classes in every batch
+    return xtay, ytay, xbn
+
+
+def _write_pruned(tmp: Path, out_dir: Path, model: nn.Module, arch: dict[str, Any], src: _Source,
+                  s: PruneSettings, final_blob: dict[str, Any] | None, prune_info: dict[str, Any]) -> Path:
+    """best.pt: the last fine-tune's checkpoint with the pruning recorded, or (no fine-tuning) the pruned
+    weights with a threshold chosen on validation by the source's rule."""
+    from edgecxr.host import train as T
+    from edgecxr.host.model import save_checkpoint
+    from edgecxr.shared.metrics import choose_threshold, summarize
+
+    best = tmp / "best.pt"
+    if final_blob is not None:
+        train = dict(final_blob.get("train") or {})
+        train["out"] = str(out_dir / "finetune" / f"step{s.steps}")  # where it ran, under its final name
+        train["init"] = f"pruned weights of {src.path}"  # the init file was a temporary copy of them
+        final_blob["train"] = train
+        final_blob["prune"] = prune_info
+        final_blob["init"] = {"init": "pruned", "from_checkpoint": str(src.path), "sha256": src.meta["sha256"],
+                              "note": f"{s.ratio} channel pruning of the source, then fine-tuned"}
+        final_blob["arch"] = arch
+        buf = io.BytesIO()
+        torch.save(final_blob, buf)
+        atomic_write_bytes(best, buf.getvalue())
+    else:
+        _, prob = T.predict_cache(model, src.xva, src.pp)
+        thr = choose_threshold(src.yva, prob, *T._threshold_rule(src.threshold_rule))
+        save_checkpoint(best, model, arch, src.pp, thr, {
+            "threshold_rule": src.threshold_rule, "val_metrics": summarize(src.yva, prob, thr),
+            "train": {"split": str(src.split), "size": src.pp.size, "epochs": 0,
+                      "note": f"pruned without fine-tuning; threshold chosen on validation ({src.threshold_rule})"},
+            "prune": prune_info,
+        })
+    return best
+
+
+def _record(best: Path, out_dir: Path, src: _Source, s: PruneSettings, prune_info: dict[str, Any],
+            before: dict[str, Any], plan: list, step_log: list) -> dict[str, Any]:
+    """prune.json, with the after column measured on the checkpoint as written, loaded with nothing else."""
+    from edgecxr.host import train as T
+    from edgecxr.host.model import load_checkpoint
+
+    pmodel, pmeta = load_checkpoint(best)
+    after = _measure(pmodel, src, pmeta["threshold"], best)
+    return {
+        "format": PRUNE_FORMAT, "kind": "edgecxr-prune",
+        "checkpoint": str(out_dir / "best.pt"), "checkpoint_sha256": sha256_file(best),
+        **{k: v for k, v in prune_info.items() if k != "source_sha256"},
+        "source_sha256": src.meta["sha256"], "lr": s.lr, "seed": s.seed, "batch_size": s.batch_size,
+        "max_train": s.max_train, "max_val": s.max_val,
+        "n_train": len(src.train_items), "n_val": len(src.val_items),
+        "before": before, "after": after,
+        "reduction": {"params": after["params"] / before["params"], "macs": after["macs"] / before["macs"],
+                      "fp32_bytes": after["fp32_bytes"] / before["fp32_bytes"],
+                      "val_auc_change": after["val"]["auc"] - before["val"]["auc"],
+                      "val_accuracy_change": after["val"]["accuracy"] - before["val"]["accuracy"]},
+        "plan": plan, "step_log": step_log,
+        "env": T.env_record(), "seconds": None,
+    }

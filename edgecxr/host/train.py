@@ -323,6 +323,7 @@ class Trainer:
         self.out = Path(cfg.out)
 
     def run(self, resume: bool = False) -> dict[str, Any]:
+        """Train; returns what metrics.json holds plus ``history`` (one dict per epoch)."""
         cfg = self.cfg
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -512,7 +513,7 @@ class Trainer:
         except ImportError:
             self.log("matplotlib not installed: no PNG plots")
         self.log(format_metrics(metrics, "validation"))
-        return result
+        return {**result, "history": history}  # metrics.json without it; callers get the epochs too
 
     def _cache(self, split, items, size, desc):
         with self._bar(len(items), desc) as step:
