@@ -23,6 +23,7 @@ import numpy as np
 from .errors import BundleError
 from .fsutil import atomic_write_bytes, sha256_file
 from .preprocess import PreprocessConfig
+from .signing import SIGNATURE
 
 SCHEMA = 1
 KIND = "edgecxr-bundle"
@@ -78,6 +79,7 @@ class IOSpec:
 class Bundle:
     path: Path
     manifest: dict[str, Any]
+    trust: Any = None  # edgecxr.signing.Trust after verify()
 
     @property
     def model_path(self) -> Path:
@@ -136,8 +138,15 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return m
 
 
-def verify(path: str | Path) -> Bundle:
-    """Check schema and every file's sha256; return the bundle or raise BundleError."""
+def verify(path: str | Path, *, keys: list[str | Path] | None = None, expect: str | None = None,
+           trust: bool = True) -> Bundle:
+    """Check schema and every file's sha256; return the bundle or raise BundleError.
+
+    With ``trust`` (the default) the signature policy of :mod:`edgecxr.signing` follows: a bundle
+    pinned by ``expect`` must have that digest, and where trusted keys are configured (``keys``, else
+    $EDGECXR_TRUSTED_KEYS or the user's trusted_keys file) it must carry a valid signature by one of
+    them.  The result is in ``Bundle.trust``.  ``trust=False`` is for the exporter's own checks.
+    """
     path = Path(path)
     if path.is_file() and tarfile.is_tarfile(path):
         raise BundleError("this is a bundle archive; unpack it first (edgecxr unpack) or pass the folder", path)
@@ -152,7 +161,8 @@ def verify(path: str | Path) -> Bundle:
     files = m["files"]
     if m["model_file"] not in files:
         raise BundleError(f"model file {m['model_file']} is not listed in the manifest's files", path)
-    on_disk = {p.name for p in path.iterdir() if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")}
+    on_disk = {p.name for p in path.iterdir() if p.is_file() and p.name not in (MANIFEST, SIGNATURE)
+               and not p.name.startswith(".")}
     extra = on_disk - set(files)
     if extra:
         raise BundleError(f"unexpected file(s) not in the manifest: {', '.join(sorted(extra))}", path)
@@ -173,7 +183,12 @@ def verify(path: str | Path) -> Bundle:
         PreprocessConfig.from_dict(m["preprocess"])
     except (KeyError, TypeError, ValueError) as e:
         raise BundleError(f"manifest input/output/preprocess record is malformed ({e})", path) from None
-    return Bundle(path, m)
+    b = Bundle(path, m)
+    if trust:
+        from .signing import enforce
+
+        b.trust = enforce(path, files, keys, expect)
+    return b
 
 
 def pack(folder: str | Path, archive: str | Path | None = None) -> Path:

@@ -13,8 +13,9 @@ from .metrics import softmax_pos
 from .preprocess import preprocess_grey
 
 
-def predict(bundle: str | Path, images: list[str | Path], threads: int | None = None) -> list[dict[str, Any]]:
-    b = verify(bundle)
+def predict(bundle: str | Path, images: list[str | Path], threads: int | None = None,
+            expect: str | None = None) -> list[dict[str, Any]]:
+    b = verify(bundle, expect=expect)
     backend = open_backend(b, threads)
     pp, thr, labels = b.preprocess, b.threshold, b.manifest["labels"]
     out = []

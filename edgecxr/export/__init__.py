@@ -101,7 +101,7 @@ def export_bundle(checkpoint: str | Path, target: str | Target, precision: str |
                   calibration: str | Path | None = "calibration/default", force: bool = False,
                   name: str | None = None, log=print, archive: bool = True,
                   eval_set: EvalSet | None = None, quant: str | None = None,
-                  calib_stress: int = 0) -> dict[str, Any]:
+                  calib_stress: int = 0, sign: str | Path | None = None) -> dict[str, Any]:
     from ..model import load_checkpoint
 
     t0 = time.time()
@@ -113,6 +113,10 @@ def export_bundle(checkpoint: str | Path, target: str | Target, precision: str |
         raise EdgeCXRError(f"target {tgt.name} does not offer {precision} (offers {', '.join(tgt.precisions)})")
     if tgt.backend not in CONVERTERS:
         raise EdgeCXRError(f"no converter for backend {tgt.backend!r}")
+    if sign is not None:  # a bad key fails now, not after minutes of conversion
+        from ..signing import load_private_key
+
+        load_private_key(sign)
     bundle_name = name or f"{tgt.name}-{precision}"
     final = Path(out_root) / bundle_name
     if final.exists() and not force:
@@ -212,7 +216,7 @@ def export_bundle(checkpoint: str | Path, target: str | Target, precision: str |
         from ..backends import open_backend
 
         try:
-            b = verify(tmp)
+            b = verify(tmp, trust=False)
             backend = open_backend(b)
             logits = run_backend(backend, ev.x)
         except BundleError as e:
@@ -233,7 +237,11 @@ def export_bundle(checkpoint: str | Path, target: str | Target, precision: str |
         }
         manifest["export_seconds"] = {"convert": round(convert_s, 2), "total": round(time.time() - t0, 2)}
         write_manifest(tmp, manifest)
-        verify(tmp)
+        verify(tmp, trust=False)
+        if sign is not None:
+            from ..signing import sign_bundle
+
+            sign_bundle(tmp, sign)  # checks its own signature before the bundle moves into place
     arch_path = pack(final) if archive else None
     summary = {"bundle": str(final), "archive": str(arch_path) if arch_path else None, "target": tgt.name,
                "backend": tgt.backend, "precision": precision, "recipe": recipe.name if recipe else None,
