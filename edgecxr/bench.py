@@ -23,7 +23,7 @@ from .backends import open_backend
 from .backends.base import Subject  # noqa: F401  (re-exported: bench.Subject is public)
 from .bundle import Bundle, IOSpec, verify
 from .errors import DataError, EdgeCXRError
-from .fsutil import atomic_append_line, sha256_file
+from .fsutil import atomic_append_line, read_lines, sha256_file
 from .metrics import binary_metrics, delong_paired, expected_calibration_error, softmax_pos, summarize
 from .preprocess import preprocess_grey
 from .sysinfo import default_device_name, device_facts, reset_peak_rss, rss_mb
@@ -272,7 +272,7 @@ def store(record: dict[str, Any], results_dir: str | Path = "benchmarks/results"
 def read_results(results_dir: str | Path = "benchmarks/results") -> list[dict[str, Any]]:
     out = []
     for p in sorted(Path(results_dir).glob("*.jsonl")):
-        for n, line in enumerate(p.read_text().splitlines(), 1):
+        for n, line in enumerate(read_lines(p), 1):
             if not line.strip():
                 continue
             try:
