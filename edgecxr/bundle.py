@@ -131,7 +131,7 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         raise BundleError(f"not a bundle: no {MANIFEST}", path)
     try:
         m = json.loads(mpath.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise BundleError(f"{MANIFEST} is not valid JSON ({e.__class__.__name__})", path) from None
     if not isinstance(m, dict):
         raise BundleError(f"{MANIFEST} is not a JSON object", path)
@@ -158,6 +158,9 @@ def verify(path: str | Path, *, keys: list[str | Path] | None = None, expect: st
     missing = [k for k in REQUIRED if k not in m]
     if missing:
         raise BundleError(f"manifest lacks {', '.join(missing)}", path)
+    from .manifest_check import check_fields
+
+    check_fields(m, path)
     files = m["files"]
     if m["model_file"] not in files:
         raise BundleError(f"model file {m['model_file']} is not listed in the manifest's files", path)
@@ -181,8 +184,11 @@ def verify(path: str | Path, *, keys: list[str | Path] | None = None, expect: st
         IOSpec.from_dict(m["input"])
         IOSpec.from_dict(m["output"])
         PreprocessConfig.from_dict(m["preprocess"])
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise BundleError(f"manifest input/output/preprocess record is malformed ({e})", path) from None
+    from .intake import check_intensity_record
+
+    check_intensity_record(m["preprocess"], path)
     b = Bundle(path, m)
     if trust:
         from .signing import enforce
@@ -221,7 +227,10 @@ def unpack(archive: str | Path, dest_parent: str | Path, force: bool = False) ->
     except (tarfile.TarError, OSError) as e:
         raise BundleError(f"not a readable bundle archive ({e.__class__.__name__})", archive) from None
     with tar:
-        members = tar.getmembers()
+        try:
+            members = tar.getmembers()
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise BundleError(f"archive is truncated or corrupt ({e.__class__.__name__})", archive) from None
         tops = {m.name.split("/")[0] for m in members}
         if len(tops) != 1:
             raise BundleError("archive must hold exactly one bundle folder", archive)
@@ -236,8 +245,8 @@ def unpack(archive: str | Path, dest_parent: str | Path, force: bool = False) ->
                 if not mem.isfile():
                     continue
                 name = mem.name.split("/", 1)[-1]
-                if "/" in name or name.startswith("."):
-                    raise BundleError(f"unexpected path in archive: {mem.name}", archive)
+                if not name or "/" in name or name.startswith(".") or len(name.encode()) > 200:
+                    raise BundleError(f"unexpected path in archive: {mem.name[:120]}", archive)
                 src = tar.extractfile(mem)
                 if src is None:
                     raise BundleError(f"cannot read {mem.name}", archive)
@@ -245,6 +254,12 @@ def unpack(archive: str | Path, dest_parent: str | Path, force: bool = False) ->
                     data = src.read()
                 except (tarfile.TarError, OSError, EOFError) as e:
                     raise BundleError(f"archive is truncated or corrupt ({e.__class__.__name__})", archive) from None
-                (tmp / name).write_bytes(data)
-            verify(tmp)
+                try:
+                    (tmp / name).write_bytes(data)
+                except OSError as e:
+                    raise BundleError(f"cannot write {name[:60]} from the archive ({e.strerror})", archive) from None
+            try:
+                verify(tmp)
+            except BundleError as e:  # name the archive, not the temp folder it was checked in
+                raise BundleError(e.message, archive) from None
     return verify(final)

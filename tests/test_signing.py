@@ -216,3 +216,29 @@ def test_bad_key_files_are_one_line_errors(tmp_path, bundle_copy):
         assert_clean_error(run_cli("verify", b, "--key", f), why)
     with pytest.raises(EdgeCXRError):
         sign_bundle(b, junk)
+
+
+def test_a_board_venv_enforces_trusted_keys(bundle_copy, keys, tmp_path):
+    """The board's own install (tflite-runtime, numpy 1.x, no torch) checks signatures too."""
+    import subprocess
+
+    from .conftest import ROOT
+
+    py = ROOT / ".venv-board" / "bin" / "python"
+    if not py.exists():
+        if os.environ.get("CI"):
+            raise RuntimeError(".venv-board is missing: CI must run `make test`")
+        pytest.skip("no .venv-board: run `make board-setup`")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["EDGECXR_TRUSTED_KEYS"] = str(keys["pub"])
+    signed, unsigned = bundle_copy("rpi-int8"), tmp_path / "unsigned"
+    shutil.copytree(signed, unsigned)
+    sign_bundle(signed, keys["key"])
+
+    def board(*args):
+        return subprocess.run([str(py), "-m", "edgecxr", *map(str, args)], capture_output=True, text=True, env=env,
+                              cwd=ROOT, timeout=600)
+
+    p = board("predict", signed, IMAGE)
+    assert p.returncode == 0 and "p(pneumonia)" in p.stdout, p.stderr
+    assert_clean_error(board("predict", unsigned, IMAGE), "not signed")

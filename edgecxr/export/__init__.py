@@ -27,6 +27,7 @@ from .. import LABELS, __version__
 from ..bundle import KIND, SCHEMA, file_table, pack, verify, write_manifest
 from ..errors import BundleError, DataError, EdgeCXRError
 from ..fsutil import atomic_dir
+from ..intake import INTENSITY
 from ..metrics import binary_metrics, delong_paired, roc_auc, softmax_pos, summarize
 from ..preprocess import PreprocessConfig, preprocess_grey
 from ..targets import Target, get_target
@@ -202,7 +203,7 @@ def export_bundle(checkpoint: str | Path, target: str | Target, precision: str |
             "target_profile": tgt.to_dict(),
             "model_file": res.model_file,
             "input": res.input.to_dict(), "output": {**res.output.to_dict(), "kind": "logits"},
-            "preprocess": pp.to_dict(), "labels": list(LABELS), "positive_label": LABELS[1],
+            "preprocess": {**pp.to_dict(), "intensity": INTENSITY}, "labels": list(LABELS), "positive_label": LABELS[1],
             "threshold": float(thr), "threshold_rule": meta.get("threshold_rule", "youden"),
             "source": {"checkpoint": str(checkpoint), "checkpoint_sha256": meta["sha256"], "arch": meta.get("arch")},
             "calibration": calib_info,
