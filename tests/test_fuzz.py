@@ -254,6 +254,7 @@ OBJ = st.dictionaries(st.text(max_size=8), JSON, max_size=4)
 @given(meta=st.one_of(OBJ, st.fixed_dictionaries({"name": st.text(max_size=8) | JSON, "size": JSON | st.integers(),
                                                   "sha256": st.just("a" * 64) | JSON, "id": JSON})),
        chunks=st.lists(st.binary(max_size=40), max_size=3), end=OBJ)
+@example(meta={"name": "0\n0", "size": 1, "sha256": "a" * 64, "id": 1}, chunks=[], end={})  # found by the fuzz profile
 def test_file_receiver_with_any_messages(tmp_path, meta, chunks, end):
     r = FileReceiver(tmp_path / "in", max_size=10_000)
     for step in ("begin", *(["chunk"] * len(chunks)), "finish"):
