@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,10 @@ SHARED = ROOT.parent / "shared" / "data"
 
 os.environ.setdefault("EDGECXR_TARGETS", str(ROOT / "targets"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# the suite's bundles are unsigned: the developer's own trusted keys must not apply to them (the
+# signing tests set their own). A fresh, empty config folder for this session and its subprocesses.
+os.environ.pop("EDGECXR_TRUSTED_KEYS", None)
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="edgecxr-test-config-")
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -90,6 +90,11 @@ def agent(
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="edgecxr: %(message)s")
     store = store.expanduser()
+    from edgecxr.device.signing import trusted_keys
+
+    keys, src = trusted_keys()  # a missing $EDGECXR_TRUSTED_KEYS file stops the agent here (fail closed)
+    _say(f"edgecxr agent: {len(keys)} trusted key(s) from {src}: unsigned bundles are refused" if keys else
+         "edgecxr agent: no trusted keys: any bundle whose files verify is installed (edgecxr keys trust PUB)")
     ag = make_agent(port, store, data.expanduser() if data is not None else None, device, baud=baud)
     service = ag.service  # type: ignore[attr-defined]
     _say(f"edgecxr agent: device {service.device}, {baud} baud, data {service.data or '-'}; Ctrl-C to stop")

@@ -35,11 +35,27 @@ def info(msg: str) -> None:
     typer.echo(msg, err=True)
 
 
+MaxPixelsOption = Annotated[int | None, typer.Option(
+    help="Refuse images with more pixels than this, from the header before decoding (default 64000000; "
+         "env EDGECXR_MAX_PIXELS)")]
+ForceAnatomyOption = Annotated[bool, typer.Option(
+    help="Read DICOMs whose Modality is not CR/DX, BodyPartExamined not CHEST or ViewPosition lateral "
+         "(refused by default; env EDGECXR_FORCE_ANATOMY=1)")]
+
+
+def _intake(max_pixels: int | None, force_anatomy: bool) -> None:
+    from edgecxr.shared.intake import configure
+
+    configure(max_pixels=max_pixels, force_anatomy=force_anatomy or None)
+
+
 # ---------------------------------------------------------------- data
 @data_app.command("check")
 def data_check(
     source: Annotated[Path, typer.Argument(help="ROOT folder with NORMAL/ and PNEUMONIA/, or a MedMNIST .npz")],
     strict: Annotated[bool, typer.Option(help="Stop at the first bad file instead of skipping it")] = False,
+    max_pixels: MaxPixelsOption = None,
+    force_anatomy: ForceAnatomyOption = False,
 ):
     """Scan a dataset and report class counts and every skipped file.
 
@@ -48,6 +64,7 @@ def data_check(
     from edgecxr.shared.data import scan
     from edgecxr.shared.progress import bar
 
+    _intake(max_pixels, force_anatomy)
     with bar(0, "scanning") as _:
         ds = scan(source, strict)
     _report_dataset(ds)
@@ -73,6 +90,8 @@ def data_split(
     strict: Annotated[bool, typer.Option(help="Stop at the first bad file instead of skipping it")] = False,
     force: Annotated[bool, typer.Option(help="Overwrite an existing manifest")] = False,
     resplit: Annotated[bool, typer.Option(help="Re-split an .npz instead of keeping its official train/val parts")] = False,
+    max_pixels: MaxPixelsOption = None,
+    force_anatomy: ForceAnatomyOption = False,
 ):
     """Record a seeded, stratified, patient-grouped train/validation split.
 
@@ -80,6 +99,7 @@ def data_split(
     """
     from edgecxr.shared.data import make_split
 
+    _intake(max_pixels, force_anatomy)
     if out.exists() and not force:
         raise EdgeCXRError("split manifest exists (every later step reads it); use --force to replace it", out)
     from edgecxr.shared.progress import bar
@@ -292,6 +312,8 @@ def export(
                                               "openvino minmax-bc|histogram-bc|nncf-ofix|nncf-default, onnxruntime minmax-rr|minmax-rr-fpfc|percentile-rr|percentile-rr-fpfc|entropy-rr|minmax, "
                                               "litert pt2e-histogram|pt2e-minmax")] = None,
     calib_stress: Annotated[bool, typer.Option(help="Also calibrate on one seeded stress-corrupted copy of each calibration image")] = False,
+    sign: Annotated[Path | None, typer.Option(help="Sign each bundle with this private key (from `edgecxr keys new`); "
+                                              "the signature covers every file, manifest.json included")] = None,
 ):
     """Export a checkpoint to a board's runtime as a self-describing bundle (+ one .tar to copy).
 
@@ -316,7 +338,8 @@ def export(
         precs = ["int8", "fp32"] if precision == "both" else [precision or tgt.precision]
         for p in precs:
             s = export_bundle(checkpoint, tgt, p, out, split, data, calibration, force, log=info, eval_set=ev,
-                              quant=quant if p == "int8" else None, calib_stress=int(calib_stress))
+                              quant=quant if p == "int8" else None, calib_stress=int(calib_stress),
+                              sign=sign)
             _print_export(s)
 
 
@@ -348,6 +371,8 @@ def bench(
     baseline: Annotated[str | None, typer.Option(help="Also time an untrained heavy baseline: densenet121 (host only)")] = None,
     no_store: Annotated[bool, typer.Option(help="Print only; do not append to the results file")] = False,
     reference: Annotated[Path | None, typer.Option(help="fp32 twin bundle: pair with it on the same images (a site's own --data), paired AUC drop, DeLong p, flipped files")] = None,
+    max_pixels: MaxPixelsOption = None,
+    force_anatomy: ForceAnatomyOption = False,
 ):
     """Benchmark bundles on this board: size, latency (p50/p90/p99), cold start, memory, AUC and
     the AUC drop against the float model on the identical images. Appends one record per bundle
@@ -360,6 +385,7 @@ def bench(
     from edgecxr.cli.output import print_bench
     from edgecxr.device.bench import BenchConfig, run, store, subject_from_bundle
 
+    _intake(max_pixels, force_anatomy)
     opts = {}
     if ov_precision:
         opts["inference_precision"] = ov_precision
@@ -433,16 +459,22 @@ def gate(
 
 
 @app.command()
-def verify(bundle: Annotated[Path, typer.Argument(help="Bundle folder")]):
-    """Check a bundle's manifest and the sha256 of every file.
+def verify(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder")],
+    key: Annotated[list[Path] | None, typer.Option(help="Demand a signature by this public key (repeatable); "
+                                                   "default: the trusted keys of this machine, if any")] = None,
+    expect: Annotated[str | None, typer.Option(help="Demand this bundle digest (sha256:..., as printed here)")] = None,
+):
+    """Check a bundle's manifest and the sha256 of every file; with trusted keys, its signature.
 
-    Example: edgecxr verify dist/rpi4-int8
+    Example: edgecxr verify dist/rpi4-int8 --key clinic.pub
     """
     from edgecxr.device.bundle import verify as run_verify
 
-    b = run_verify(bundle)
+    b = run_verify(bundle, keys=key, expect=expect)
     typer.echo(f"{bundle}: OK ({b.manifest['target']}, {b.manifest['backend']}, {b.manifest['precision']}, "
-               f"{len(b.manifest['files'])} file(s) verified)")
+               f"{len(b.manifest['files'])} file(s) verified), digest {b.trust.digest}")
+    typer.echo(f"{bundle}: {b.trust.describe()}")
 
 
 @app.command()
@@ -467,6 +499,9 @@ def predict(
     images: Annotated[list[Path], typer.Argument(help="X-ray files (JPEG, PNG, DICOM)")],
     threads: Annotated[int | None, typer.Option(help="Threads")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON lines")] = False,
+    expect: Annotated[str | None, typer.Option(help="Refuse the bundle unless its digest is this (sha256:...)")] = None,
+    max_pixels: MaxPixelsOption = None,
+    force_anatomy: ForceAnatomyOption = False,
 ):
     """Classify X-rays with a bundle: probability of pneumonia and the call at the bundle's threshold.
 
@@ -475,7 +510,8 @@ def predict(
     from edgecxr.device.predict import format_rows
     from edgecxr.device.predict import predict as run_predict
 
-    rows = run_predict(bundle, images, threads)
+    _intake(max_pixels, force_anatomy)
+    rows = run_predict(bundle, images, threads, expect=expect)
     for line in format_rows(rows, json_out):
         typer.echo(line)
     if any(r.get("error") for r in rows):
@@ -524,8 +560,10 @@ def pipeline(
 
 from edgecxr.cli.link import register as _register_link  # noqa: E402
 from edgecxr.cli.prune import register as _register_prune  # noqa: E402
+from edgecxr.cli.sign import register as _register_sign  # noqa: E402
 
 _register_prune(app)
+_register_sign(app)
 _register_link(app)
 
 

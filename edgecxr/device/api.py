@@ -41,10 +41,12 @@ class Reading:
 
 
 class Model:
-    """A verified bundle with its runtime loaded. ``threads`` None: the runtime's default."""
+    """A verified bundle with its runtime loaded. ``threads`` None: the runtime's default; ``expect``:
+    refuse the bundle unless its digest is this (sha256:..., as `edgecxr verify` prints it). With
+    trusted keys configured (see README, signed bundles) an unsigned bundle is refused here too."""
 
-    def __init__(self, bundle: str | Path | Bundle, threads: int | None = None):
-        self.bundle = bundle if isinstance(bundle, Bundle) else verify(bundle)
+    def __init__(self, bundle: str | Path | Bundle, threads: int | None = None, expect: str | None = None):
+        self.bundle = bundle if isinstance(bundle, Bundle) else verify(bundle, expect=expect)
         self.backend = open_backend(self.bundle, threads)
         self.preprocess = self.bundle.preprocess
         self.threshold = float(self.bundle.threshold)
@@ -89,6 +91,6 @@ class Model:
         return out
 
 
-def open_bundle(bundle: str | Path, threads: int | None = None) -> Model:
+def open_bundle(bundle: str | Path, threads: int | None = None, expect: str | None = None) -> Model:
     """Verify a bundle folder and load its runtime (raises EdgeCXRError with one line on bad input)."""
-    return Model(bundle, threads)
+    return Model(bundle, threads, expect)

@@ -23,7 +23,7 @@ from edgecxr.device.backends import open_backend
 from edgecxr.device.backends.base import Subject  # noqa: F401  (re-exported: bench.Subject is public)
 from edgecxr.device.bundle import Bundle, IOSpec, verify
 from edgecxr.shared.errors import DataError, EdgeCXRError
-from edgecxr.shared.fsutil import atomic_append_line, portable_path, sha256_file
+from edgecxr.shared.fsutil import atomic_append_line, portable_path, read_lines, sha256_file
 from edgecxr.shared.metrics import binary_metrics, delong_paired, expected_calibration_error, softmax_pos, summarize
 from edgecxr.shared.preprocess import preprocess_grey
 from edgecxr.shared.sysinfo import default_device_name, device_facts, reset_peak_rss, rss_mb
@@ -283,7 +283,7 @@ def store(record: dict[str, Any], results_dir: str | Path = "benchmarks/results"
 def read_results(results_dir: str | Path = "benchmarks/results") -> list[dict[str, Any]]:
     out = []
     for p in sorted(Path(results_dir).glob("*.jsonl")):
-        for n, line in enumerate(p.read_text().splitlines(), 1):
+        for n, line in enumerate(read_lines(p), 1):
             if not line.strip():
                 continue
             try:

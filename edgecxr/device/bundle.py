@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from edgecxr.device.signing import SIGNATURE
 from edgecxr.shared.errors import BundleError
 from edgecxr.shared.fsutil import atomic_write_bytes, sha256_file, write_tar
 from edgecxr.shared.preprocess import PreprocessConfig
@@ -78,6 +79,7 @@ class IOSpec:
 class Bundle:
     path: Path
     manifest: dict[str, Any]
+    trust: Any = None  # edgecxr.signing.Trust after verify()
 
     @property
     def model_path(self) -> Path:
@@ -129,15 +131,22 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         raise BundleError(f"not a bundle: no {MANIFEST}", path)
     try:
         m = json.loads(mpath.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise BundleError(f"{MANIFEST} is not valid JSON ({e.__class__.__name__})", path) from None
     if not isinstance(m, dict):
         raise BundleError(f"{MANIFEST} is not a JSON object", path)
     return m
 
 
-def verify(path: str | Path) -> Bundle:
-    """Check schema and every file's sha256; return the bundle or raise BundleError."""
+def verify(path: str | Path, *, keys: list[str | Path] | None = None, expect: str | None = None,
+           trust: bool = True) -> Bundle:
+    """Check schema and every file's sha256; return the bundle or raise BundleError.
+
+    With ``trust`` (the default) the signature policy of :mod:`edgecxr.signing` follows: a bundle
+    pinned by ``expect`` must have that digest, and where trusted keys are configured (``keys``, else
+    $EDGECXR_TRUSTED_KEYS or the user's trusted_keys file) it must carry a valid signature by one of
+    them.  The result is in ``Bundle.trust``.  ``trust=False`` is for the exporter's own checks.
+    """
     path = Path(path)
     if path.is_file() and tarfile.is_tarfile(path):
         raise BundleError("this is a bundle archive; unpack it first (edgecxr unpack) or pass the folder", path)
@@ -149,6 +158,9 @@ def verify(path: str | Path) -> Bundle:
     missing = [k for k in REQUIRED if k not in m]
     if missing:
         raise BundleError(f"manifest lacks {', '.join(missing)}", path)
+    from edgecxr.device.manifest_check import check_fields
+
+    check_fields(m, path)
     files = m["files"]
     if m["model_file"] not in files:
         raise BundleError(f"model file {m['model_file']} is not listed in the manifest's files", path)
@@ -158,7 +170,8 @@ def verify(path: str | Path) -> Bundle:
                           f"{', '.join(n for n, r in RUNTIMES.items() if r.device_side)}", path)
     if not str(m["model_file"]).endswith(rt.suffix):
         raise BundleError(f"model file {m['model_file']} does not fit backend {rt.name} (expects *{rt.suffix})", path)
-    on_disk = {p.name for p in path.iterdir() if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")}
+    on_disk = {p.name for p in path.iterdir() if p.is_file() and p.name not in (MANIFEST, SIGNATURE)
+               and not p.name.startswith(".")}
     extra = on_disk - set(files)
     if extra:
         raise BundleError(f"unexpected file(s) not in the manifest: {', '.join(sorted(extra))}", path)
@@ -177,9 +190,17 @@ def verify(path: str | Path) -> Bundle:
         IOSpec.from_dict(m["input"])
         IOSpec.from_dict(m["output"])
         PreprocessConfig.from_dict(m["preprocess"])
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise BundleError(f"manifest input/output/preprocess record is malformed ({e})", path) from None
-    return Bundle(path, m)
+    from edgecxr.shared.intake import check_intensity_record
+
+    check_intensity_record(m["preprocess"], path)
+    b = Bundle(path, m)
+    if trust:
+        from edgecxr.device.signing import enforce
+
+        b.trust = enforce(path, files, keys, expect)
+    return b
 
 
 def pack(folder: str | Path, archive: str | Path | None = None) -> Path:
@@ -202,7 +223,10 @@ def unpack(archive: str | Path, dest_parent: str | Path, force: bool = False) ->
     except (tarfile.TarError, OSError) as e:
         raise BundleError(f"not a readable bundle archive ({e.__class__.__name__})", archive) from None
     with tar:
-        members = tar.getmembers()
+        try:
+            members = tar.getmembers()
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise BundleError(f"archive is truncated or corrupt ({e.__class__.__name__})", archive) from None
         tops = {m.name.split("/")[0] for m in members}
         if len(tops) != 1:
             raise BundleError("archive must hold exactly one bundle folder", archive)
@@ -217,8 +241,8 @@ def unpack(archive: str | Path, dest_parent: str | Path, force: bool = False) ->
                 if not mem.isfile():
                     continue
                 name = mem.name.split("/", 1)[-1]
-                if "/" in name or name.startswith("."):
-                    raise BundleError(f"unexpected path in archive: {mem.name}", archive)
+                if not name or "/" in name or name.startswith(".") or len(name.encode()) > 200:
+                    raise BundleError(f"unexpected path in archive: {mem.name[:120]}", archive)
                 src = tar.extractfile(mem)
                 if src is None:
                     raise BundleError(f"cannot read {mem.name}", archive)
@@ -226,6 +250,12 @@ def unpack(archive: str | Path, dest_parent: str | Path, force: bool = False) ->
                     data = src.read()
                 except (tarfile.TarError, OSError, EOFError) as e:
                     raise BundleError(f"archive is truncated or corrupt ({e.__class__.__name__})", archive) from None
-                (tmp / name).write_bytes(data)
-            verify(tmp)
+                try:
+                    (tmp / name).write_bytes(data)
+                except OSError as e:
+                    raise BundleError(f"cannot write {name[:60]} from the archive ({e.strerror})", archive) from None
+            try:
+                verify(tmp)
+            except BundleError as e:  # name the archive, not the temp folder it was checked in
+                raise BundleError(e.message, archive) from None
     return verify(final)

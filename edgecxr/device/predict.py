@@ -9,9 +9,11 @@ from edgecxr.device.api import Model
 from edgecxr.shared.errors import ImageReadError
 
 
-def predict(bundle: str | Path, images: list[str | Path], threads: int | None = None) -> list[dict[str, Any]]:
-    """One row per image: file, prob, threshold, label, bundle; or file and error (the file is skipped)."""
-    model = Model(bundle, threads)
+def predict(bundle: str | Path, images: list[str | Path], threads: int | None = None,
+            expect: str | None = None) -> list[dict[str, Any]]:
+    """One row per image: file, prob, threshold, label, bundle; or file and error (the file is skipped).
+    ``expect``: refuse the bundle unless its digest is this (sha256:...)."""
+    model = Model(bundle, threads, expect=expect)
     rows = []
     for f, r in zip(images, model.predict_files(list(images)), strict=True):
         if isinstance(r, ImageReadError):

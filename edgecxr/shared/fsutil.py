@@ -8,6 +8,7 @@ half-written file and never clobbers an earlier result.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -91,16 +92,55 @@ def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Non
 
 
 def atomic_append_line(path: str | Path, line: str) -> None:
-    """Append one line to a file atomically (copy + append + rename).
+    """Append one line to a file: one ``write`` under an exclusive ``flock``, then fsync.
 
-    Results files are small (one record per bench), so rewriting them keeps the
-    guarantee simple: readers see the old file or the new one, never a torn line.
+    Any number of processes may append to the same file at once (two benches, a bench and
+    ``remote bench``): each record lands whole, none is lost.  A record counts once its newline is
+    written; :func:`read_lines` ignores an unterminated tail, so a reader never sees a half-written
+    line, and the next append removes such a tail left by a writer that died mid-write (a tail that
+    is itself a complete JSON value, e.g. a hand-edited file without a final newline, is kept).
     """
     path = Path(path)
-    old = path.read_bytes() if path.exists() else b""
-    if old and not old.endswith(b"\n"):
-        old += b"\n"
-    atomic_write_bytes(path, old + line.rstrip("\n").encode("utf-8") + b"\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = line.rstrip("\n").encode("utf-8") + b"\n"
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            _mend_tail(fd, size)
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _mend_tail(fd: int, size: int) -> None:
+    """The file does not end in a newline: terminate a complete JSON tail, drop a torn one."""
+    start = max(0, size - (1 << 22))
+    buf = os.pread(fd, size - start, start)
+    cut = buf.rfind(b"\n")
+    if cut < 0 and start > 0:
+        os.write(fd, b"\n")  # a tail longer than 4 MiB is not a torn record: keep it
+        return
+    tail_at = start + cut + 1
+    try:
+        json.loads(buf[cut + 1:])
+        os.write(fd, b"\n")
+    except ValueError:
+        os.ftruncate(fd, tail_at)
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """The complete lines of an append-only file (shared lock; an unterminated tail is not a line yet)."""
+    with open(path, "rb") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_SH)
+        data = f.read()
+    end = data.rfind(b"\n") + 1
+    return data[:end].decode("utf-8", errors="replace").splitlines()
 
 
 @contextlib.contextmanager

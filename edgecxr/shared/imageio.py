@@ -29,18 +29,30 @@ def _luma(rgb: np.ndarray) -> np.ndarray:
 def load_pil(path: Path) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
+    from edgecxr.shared.intake import check_size, to_8bit_levels
+
+    bomb_limit = Image.MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # the pixel limit is ours (intake.check_size, from the header, before decoding)
+            Image.MAX_IMAGE_PIXELS = None
             with Image.open(path) as im:
+                frames = getattr(im, "n_frames", 1) if im.format in ("PNG", "GIF", "TIFF") else 1
+                check_size(im.width, im.height, int(frames or 1), path)
                 im.load()
                 mode = im.mode
                 arr = np.asarray(im)
     except UnidentifiedImageError:
         raise ImageReadError("not an image file (unrecognised format)", path) from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as e:
-        msg = str(e).strip() or e.__class__.__name__
+    except ImageReadError:
+        raise
+    except (OSError, SyntaxError, ValueError, TypeError, EOFError, MemoryError, Image.DecompressionBombWarning,
+            Image.DecompressionBombError) as e:
+        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else e.__class__.__name__
         raise ImageReadError(f"unreadable or truncated image ({msg})", path) from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = bomb_limit
     if arr.size == 0:
         raise ImageReadError("image has no pixels", path)
     if mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "LAB", "HSV") or arr.ndim == 3:
@@ -55,7 +67,7 @@ def load_pil(path: Path) -> np.ndarray:
     if mode.startswith("I;16") or mode == "I":
         a = arr.astype(np.float64)
         top = 65535.0 if mode.startswith("I;16") or a.max() > 255 else 255.0
-        return np.clip(a / top, 0, 1).astype(np.float32)
+        return to_8bit_levels(a / top)
     if mode == "F":
         a = arr.astype(np.float64)
         lo, hi = float(a.min()), float(a.max())
@@ -64,51 +76,53 @@ def load_pil(path: Path) -> np.ndarray:
 
 
 def load_dicom(path: Path) -> np.ndarray:
-    """DICOM to [0, 1] grey: modality LUT, VOI LUT or window, MONOCHROME1 inverted."""
+    """DICOM to [0, 1] grey by the one intensity convention (edgecxr.intake), after its header checks."""
+    with warnings.catch_warnings():  # pydicom warns about every non-conforming value: one line or none
+        warnings.simplefilter("ignore", UserWarning)
+        return _load_dicom(path)
+
+
+def _load_dicom(path: Path) -> np.ndarray:
     try:
         import pydicom
         from pydicom.errors import InvalidDicomError
-        from pydicom.pixels import apply_modality_lut, apply_voi_lut
     except ImportError:  # pragma: no cover - pydicom is a base dependency
         raise ImageReadError("pydicom is not installed; cannot read DICOM", path) from None
+    from edgecxr.shared.intake import check_dicom, dicom_grey
+
     try:
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(path, defer_size="16 MB")
     except InvalidDicomError:
         raise ImageReadError("not a DICOM file", path) from None
     except Exception as e:  # pydicom raises many types on corrupt files
-        raise ImageReadError(f"unreadable DICOM ({e.__class__.__name__}: {e})", path) from None
+        raise ImageReadError(f"unreadable DICOM ({e.__class__.__name__}: {str(e).strip()[:160]})", path) from None
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise ImageReadError("DICOM has no pixel data", path)
+    check_dicom(ds, path)  # size, frames, modality, body part, view: before decoding
     try:
         arr = ds.pixel_array
     except Exception as e:
-        raise ImageReadError(f"cannot decode DICOM pixel data ({e})", path) from None
-    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
-    if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
-        arr = arr[0]
+        raise ImageReadError(f"cannot decode DICOM pixel data ({e.__class__.__name__}: "
+                             f"{str(e).strip()[:160]})", path) from None
+    try:
+        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    except Exception:
+        photometric = "?"
     if photometric in ("RGB", "YBR_FULL", "YBR_FULL_422") or (arr.ndim == 3 and arr.shape[-1] == 3):
-        if photometric.startswith("YBR"):
-            from pydicom.pixels import convert_color_space
+        try:
+            if photometric.startswith("YBR"):
+                from pydicom.pixels import convert_color_space
 
-            arr = convert_color_space(arr, photometric, "RGB")
-        bits = int(getattr(ds, "BitsStored", 8) or 8)
+                arr = convert_color_space(arr, photometric, "RGB")
+            bits = int(ds.get("BitsStored", 8) or 8)
+        except Exception as e:
+            raise ImageReadError(f"cannot convert DICOM colour pixels ({e.__class__.__name__})", path) from None
+        if arr.ndim != 3 or arr.shape[-1] != 3:
+            raise ImageReadError(f"unsupported DICOM pixel array shape {arr.shape}", path)
         return np.clip(_luma(arr) / float(2**bits - 1), 0, 1).astype(np.float32)
     if arr.ndim != 2:
         raise ImageReadError(f"unsupported DICOM pixel array shape {arr.shape}", path)
-    a = apply_modality_lut(arr, ds).astype(np.float64)
-    if "WindowCenter" in ds and "WindowWidth" in ds and "VOILUTSequence" not in ds:
-        c = float(np.atleast_1d(ds.WindowCenter)[0])
-        w = float(np.atleast_1d(ds.WindowWidth)[0])
-        w = max(w, 1.0)
-        out = np.clip((a - (c - 0.5)) / (w - 1.0 if w > 1 else 1.0) + 0.5, 0.0, 1.0)
-    else:
-        if "VOILUTSequence" in ds:
-            a = apply_voi_lut(a, ds).astype(np.float64)
-        lo, hi = float(a.min()), float(a.max())
-        out = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
-    if photometric == "MONOCHROME1":
-        out = 1.0 - out
-    return out.astype(np.float32)
+    return dicom_grey(ds, arr, path)
 
 
 def load_grey(path: str | Path) -> np.ndarray:

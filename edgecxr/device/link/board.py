@@ -99,7 +99,8 @@ class BoardService:
                     if installed and (self.bundles_dir / installed / bundle.MANIFEST).is_file() else "")
             raise BundleError(f"{exc.message}{keep}") from None
         except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
-            raise BundleError(f"not a readable bundle archive ({type(exc).__name__}: {exc})") from None
+            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+            raise BundleError(f"not a readable bundle archive ({type(exc).__name__}: {first})") from None
         man = b.manifest
         entry = {"installed": b.path.name, "bundle": b.name, "target": man["target"], "backend": man["backend"],
                  "precision": man["precision"], "manifest_sha256": sha256_file(b.path / bundle.MANIFEST)}
@@ -152,7 +153,8 @@ class BoardService:
                 if n == 0:
                     raise DataError("the image archive is empty")
         except (tarfile.TarError, EOFError, OSError) as exc:
-            raise DataError(f"not a readable image archive ({type(exc).__name__}: {exc})") from None
+            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+            raise DataError(f"not a readable image archive ({type(exc).__name__}: {first})") from None
         return {"installed": f"images/{name}", "images": name, "files": n}
 
     # ------------------------------------------------------------------ bundles

@@ -65,6 +65,8 @@ def check_name(name: Any) -> str:
     """A file name safe to create in a store: a plain, non-hidden base name."""
     if not isinstance(name, str) or not name or len(name) > 255:
         raise TransferError(f"invalid file name {name!r}")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):  # newlines would forge log and error lines
+        raise TransferError(f"invalid file name {name!r}: control characters")
     if "/" in name or "\\" in name or "\0" in name or name.startswith(".") or name != name.strip():
         raise TransferError(f"invalid file name {name!r}: use a plain base name (no path, not hidden)")
     return name

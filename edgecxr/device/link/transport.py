@@ -120,8 +120,8 @@ class Message:
     def json(self) -> dict[str, Any]:
         try:
             obj = json.loads(self.payload.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise LinkError(f"malformed {self.name} message from the peer: {exc}") from None
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise LinkError(f"malformed {self.name} message from the peer: {str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}") from None
         if not isinstance(obj, dict):
             raise LinkError(f"malformed {self.name} message from the peer: not a JSON object")
         return obj

@@ -28,6 +28,7 @@ from edgecxr.device.bundle import KIND, SCHEMA, file_table, pack, verify, write_
 from edgecxr.host.export.base import converter_output
 from edgecxr.shared.errors import BundleError, DataError, EdgeCXRError
 from edgecxr.shared.fsutil import atomic_dir
+from edgecxr.shared.intake import INTENSITY
 from edgecxr.shared.metrics import binary_metrics, delong_paired, roc_auc, softmax_pos, summarize
 from edgecxr.shared.preprocess import PreprocessConfig, preprocess_grey
 from edgecxr.shared.runtimes import RUNTIMES
@@ -98,7 +99,7 @@ def export_bundle(checkpoint: str | Path, target: str | Target, precision: str |
                   calibration: str | Path | None = "calibration/default", force: bool = False,
                   name: str | None = None, log=print, archive: bool = True,
                   eval_set: EvalSet | None = None, quant: str | None = None,
-                  calib_stress: int = 0) -> dict[str, Any]:
+                  calib_stress: int = 0, sign: str | Path | None = None) -> dict[str, Any]:
     from edgecxr.host.model import load_checkpoint
 
     t0 = time.time()
@@ -110,6 +111,10 @@ def export_bundle(checkpoint: str | Path, target: str | Target, precision: str |
         raise EdgeCXRError(f"target {tgt.name} does not offer {precision} (offers {', '.join(tgt.precisions)})")
     if tgt.backend not in CONVERTERS:
         raise EdgeCXRError(f"no converter for backend {tgt.backend!r}")
+    if sign is not None:  # a bad key fails now, not after minutes of conversion
+        from edgecxr.device.signing import load_private_key
+
+        load_private_key(sign)
     bundle_name = name or f"{tgt.name}-{precision}"
     final = Path(out_root) / bundle_name
     if final.exists() and not force:
@@ -195,7 +200,7 @@ def export_bundle(checkpoint: str | Path, target: str | Target, precision: str |
             "target_profile": tgt.to_dict(),
             "model_file": res.model_file,
             "input": res.input.to_dict(), "output": {**res.output.to_dict(), "kind": "logits"},
-            "preprocess": pp.to_dict(), "labels": list(LABELS), "positive_label": LABELS[1],
+            "preprocess": {**pp.to_dict(), "intensity": INTENSITY}, "labels": list(LABELS), "positive_label": LABELS[1],
             "threshold": float(thr), "threshold_rule": meta.get("threshold_rule", "youden"),
             "source": {"checkpoint": str(checkpoint), "checkpoint_sha256": meta["sha256"], "arch": meta.get("arch")},
             "calibration": calib_info,
@@ -209,7 +214,7 @@ def export_bundle(checkpoint: str | Path, target: str | Target, precision: str |
         from edgecxr.device.backends import open_backend
 
         try:
-            b = verify(tmp)
+            b = verify(tmp, trust=False)
             backend = open_backend(b)
             logits = run_backend(backend, ev.x)
         except BundleError as e:
@@ -230,7 +235,11 @@ def export_bundle(checkpoint: str | Path, target: str | Target, precision: str |
         }
         manifest["export_seconds"] = {"convert": round(convert_s, 2), "total": round(time.time() - t0, 2)}
         write_manifest(tmp, manifest)
-        verify(tmp)
+        verify(tmp, trust=False)
+        if sign is not None:
+            from edgecxr.device.signing import sign_bundle
+
+            sign_bundle(tmp, sign)  # checks its own signature before the bundle moves into place
     arch_path = pack(final) if archive else None
     summary = {"bundle": str(final), "archive": str(arch_path) if arch_path else None, "target": tgt.name,
                "backend": tgt.backend, "precision": precision, "recipe": recipe.name if recipe else None,
