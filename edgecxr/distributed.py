@@ -211,6 +211,7 @@ class Dist:
         return {**self.record(batch_size), "rng": states}
 
     def restore_rng(self, gen: torch.Generator, blob: dict[str, Any]) -> None:
+        self.last_saved_epoch = int(blob["epoch"]) + 1
         st = blob["distributed"]["rng"][self.rank]
         gen.set_state(st["torch_gen"])
         torch.set_rng_state(st["torch"])
@@ -280,7 +281,7 @@ def _peer_failure(ctx: Dist, why: str) -> PeerFailure:
     if ctx.last_saved_epoch:
         keep = f"last.pt keeps epoch {ctx.last_saved_epoch} (the last one every rank finished)"
     else:
-        keep = "no epoch had finished, nothing was saved"
+        keep = "no epoch of this run had finished, so no checkpoint was written"
     at = f" during epoch {ctx.epoch + 1}" if ctx.epoch is not None else ""
     return PeerFailure(f"rank {ctx.rank}: {why}{at}; {keep}; fix the cause and run the same torchrun "
                        "command with --resume", where)
@@ -320,11 +321,12 @@ def session(device: str = "auto", sync_bn: bool = False,
         raise _peer_failure(ctx, "stopped by torchrun (SIGTERM), which does so when another process of the run fails")
 
     old = signal.signal(signal.SIGTERM, on_term)
-    ok = False
+    ok, failed = False, False
     try:
         yield ctx
         ok = True
     except PeerFailure:
+        failed = True
         raise
     except RankAgreedError as e:
         if not ctx.is_main:  # rank 0 prints it
@@ -337,10 +339,12 @@ def session(device: str = "auto", sync_bn: bool = False,
     except Exception as e:
         if _is_comm_error(e):
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            first = first.split("] ", 1)[-1][:160]
+            first = first.split("] ", 1)[-1].split(". ", 1)[0][:160]
+            failed = True
             raise _peer_failure(ctx, f"another process of the run died or hung ({backend}: {first})") from None
         raise
     finally:
-        signal.signal(signal.SIGTERM, old)
+        # after a peer failure torchrun's SIGTERM to the survivors is expected: let them exit with their line
+        signal.signal(signal.SIGTERM, signal.SIG_IGN if failed else old)
         if ok:
             dist.destroy_process_group()
