@@ -79,6 +79,8 @@ class Dist:
         self.rank, self.world_size, self.local_rank = rank, world_size, local_rank
         self.backend, self.settings = backend, settings
         self.is_main = rank == 0
+        # where collective tensors must live: nccl moves CUDA tensors only
+        self.comm_device = torch.device("cuda", local_rank) if backend == "nccl" else torch.device("cpu")
         self.out: Path | None = None
         self.last_saved_epoch: int | None = None
         self.epoch: int | None = None
@@ -122,9 +124,9 @@ class Dist:
         return out
 
     def sum(self, *vals: float) -> list[float]:
-        t = torch.tensor(vals, dtype=torch.float64)
+        t = torch.tensor(vals, dtype=torch.float64, device=self.comm_device)
         dist.all_reduce(t)
-        return t.tolist()
+        return t.cpu().tolist()
 
     def run_on_main(self, fn: Callable[[], Any]) -> Any:
         """fn() on rank 0 only, its result (or its one-line error) on every rank."""
@@ -185,7 +187,12 @@ class Dist:
             if m is None:
                 continue
             for b in m.buffers():
-                dist.broadcast(b, src=0)
+                if b.device == self.comm_device or self.comm_device.type == "cpu":
+                    dist.broadcast(b, src=0)
+                else:  # e.g. AveragedModel's n_averaged stays on the CPU while nccl wants CUDA
+                    t = b.to(self.comm_device)
+                    dist.broadcast(t, src=0)
+                    b.copy_(t)
 
     def predict(self, fn: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
                 cache: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
