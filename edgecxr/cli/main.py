@@ -208,8 +208,14 @@ def train(
     threshold: Annotated[str, typer.Option(help="Operating threshold rule on validation: sens=0.95 (held best "
                                                 "under shift, benchmarks/training.md) | youden")] = "sens=0.95",
     resume: Annotated[bool, typer.Option(help="Resume an interrupted run from its last.pt")] = False,
+    sync_bn: Annotated[bool, typer.Option(help="Under torchrun on GPUs: synchronized batch norm across processes")] = False,
+    dist_timeout: Annotated[float, typer.Option(help="Under torchrun: seconds a process waits for the others "
+                                                     "before it gives up (a hung rank)")] = 600.0,
 ):
     """Train MobileNetV2 (Adam, cosine annealing, early stopping, rotations and flips).
+
+    Several processes: torchrun --nproc_per_node=2 -m edgecxr train ... (DistributedDataParallel;
+    --batch-size is the global batch; README, 'Training on several processes').
 
     Example: edgecxr train --split splits/kermany224.json --out runs/mnv2 --epochs 30
 
@@ -226,7 +232,12 @@ def train(
                                   "blur": blur, "mixup": mixup, "ema": ema, "label_smoothing": label_smoothing,
                                   "rotation": rotation, "hflip": hflip}.items() if v is not None}
     cfg = apply_recipe(cfg, recipe, explicit)
-    res = Trainer(cfg, log=info).run(resume=resume)
+    from edgecxr.host.distributed import session
+
+    with session(device, sync_bn=sync_bn, timeout_s=dist_timeout) as dd:
+        res = Trainer(cfg, log=info, dist=dd).run(resume=resume)
+    if dd is not None and not dd.is_main:
+        return
     typer.echo(f"best checkpoint: {out / 'best.pt'} (epoch {res['best_epoch']}, "
                f"val AUC {res['metrics']['auc']:.4f}, accuracy {res['metrics']['accuracy']:.4f})")
 

@@ -316,11 +316,16 @@ def make_model(cfg: TrainConfig, log) -> tuple[nn.Module, dict]:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, log=print, show_progress: bool = True):
+    def __init__(self, cfg: TrainConfig, log=print, show_progress: bool = True, dist=None):
         self.cfg = cfg
         self.log = log
         self.show_progress = show_progress
         self.out = Path(cfg.out)
+        # a distributed.Dist under torchrun (edgecxr/distributed.py); None: one process, as always
+        self.dist = dist
+        if dist is not None:
+            self.log, self.show_progress = dist.main_only(log), show_progress and dist.is_main
+            dist.out = self.out
 
     def run(self, resume: bool = False) -> dict[str, Any]:
         """Train; returns what metrics.json holds plus ``history`` (one dict per epoch)."""
@@ -329,15 +334,9 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         out = self.out
         last_path = out / "last.pt"
-        if resume:
-            if not last_path.exists():
-                raise EdgeCXRError("nothing to resume: no last.pt in the run folder", out)
-            saved_cfg = json.loads((out / "config.json").read_text())["train"]
-            saved_cfg.pop("extra", None)
-            cfg = self.cfg = TrainConfig(**{**saved_cfg, "epochs": cfg.epochs or saved_cfg["epochs"]})
-        elif out.exists() and any(out.glob("*.pt")):
-            raise EdgeCXRError("run folder already has checkpoints; use --resume to continue or another --out", out)
-        out.mkdir(parents=True, exist_ok=True)
+        dd = self.dist
+        prepare = lambda: self._prepare_folder(resume)  # noqa: E731
+        cfg = self.cfg = dd.run_on_main(prepare) if dd is not None else prepare()
         seed_everything(cfg.seed)
         split = SplitManifest.read(cfg.split, cfg.data_root)
         pp = PreprocessConfig(size=cfg.size)
@@ -348,6 +347,7 @@ class Trainer:
         for name, its in (("train", train_items), ("val", val_items)):
             if len({it.label for it in its}) < 2:
                 raise EdgeCXRError(f"the {name} part of the split has a single class", cfg.split)
+        bs = dd.check_plan(len(train_items), cfg.batch_size, cfg.split) if dd is not None else cfg.batch_size
 
         self.log(f"data: {len(train_items)} train / {len(val_items)} val images at {cfg.size}px "
                  f"(split {cfg.split}, seed {split.seed})")
@@ -364,6 +364,7 @@ class Trainer:
         freeze_first_blocks(model, cfg.freeze_blocks)
         cuda = device.type == "cuda"
         model = model.to(device, memory_format=torch.channels_last) if cuda else model
+        train_model = dd.wrap(model, device) if dd is not None else model
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1), eta_min=cfg.min_lr)
@@ -384,38 +385,44 @@ class Trainer:
 
         start_epoch, best_loss, bad_epochs, history = 0, math.inf, 0, []
         gen = torch.Generator().manual_seed(cfg.seed)
+        if dd is not None:
+            dd.seed_rank(gen, cfg.seed)
         if resume:
-            blob = torch.load(last_path, map_location="cpu", weights_only=False)
+            load = lambda: torch.load(last_path, map_location="cpu", weights_only=False)  # noqa: E731
+            blob = dd.run_on_main(load) if dd is not None else load()
             model.load_state_dict(blob["state_dict"])
             if ema is not None and blob.get("ema") is not None:
                 ema.load_state_dict(blob["ema"])
             opt.load_state_dict(blob["optimizer"])
             sched.load_state_dict(blob["scheduler"])
-            gen.set_state(blob["rng"]["torch_gen"])
-            torch.set_rng_state(blob["rng"]["torch"])
+            if dd is not None:
+                dd.restore_rng(gen, blob)
+            else:
+                gen.set_state(blob["rng"]["torch_gen"])
+                torch.set_rng_state(blob["rng"]["torch"])
             start_epoch = blob["epoch"] + 1
             best_loss, bad_epochs = blob["best_loss"], blob["bad_epochs"]
             history = blob["history"]
             self.log(f"resumed from {last_path} after epoch {blob['epoch'] + 1}")
-        else:
+        elif dd is None or dd.is_main:
             atomic_write_json(out / "config.json", {
                 "train": asdict(cfg), "preprocess": pp.to_dict(), "arch": arch, "init": init_info,
                 "split_sha256": sha256_file(cfg.split), "class_weights": weights.tolist(),
-                "env": env_record(),
+                "env": env_record(), **({"distributed": dd.record(cfg.batch_size)} if dd is not None else {}),
             })
 
         n = len(train_items)
-        steps = math.ceil(n / cfg.batch_size)
+        steps = math.ceil((n // dd.world_size if dd is not None else n) / bs)
         for epoch in range(start_epoch, cfg.epochs):
             if bad_epochs >= cfg.patience:
                 break
             t_ep = time.time()
             model.train()
-            perm = torch.randperm(n, generator=gen)
+            perm = dd.epoch_indices(n, cfg.seed, epoch) if dd is not None else torch.randperm(n, generator=gen)
             tot, seen = 0.0, 0
             with self._bar(steps, f"epoch {epoch + 1}/{cfg.epochs}") as step:
                 for s in range(steps):
-                    idx = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+                    idx = perm[s * bs:(s + 1) * bs]
                     if len(idx) < 2:  # BatchNorm needs > 1 sample
                         continue
                     if cuda:
@@ -435,7 +442,7 @@ class Trainer:
                     if cuda:
                         xb = xb.contiguous(memory_format=torch.channels_last)
                     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-                        out_b = model(xb)
+                        out_b = train_model(xb)
                     out_b = out_b.float()
                     loss = loss_fn(out_b, yb)
                     if perm_b is not None:
@@ -449,7 +456,12 @@ class Trainer:
                     seen += len(idx)
                     step()
             sched.step()
-            logits, prob = predict_cache(eval_model, xva, pp)
+            if dd is not None:
+                tot, seen = dd.sum(tot, seen)
+                dd.sync_buffers(model, ema)
+                logits, prob = dd.predict(lambda part: predict_cache(eval_model, part, pp), xva)
+            else:
+                logits, prob = predict_cache(eval_model, xva, pp)
             vloss = float(val_loss_fn(torch.from_numpy(logits), torch.from_numpy(yva)))
             from edgecxr.shared.metrics import binary_metrics, roc_auc
 
@@ -460,19 +472,45 @@ class Trainer:
                    "seconds": time.time() - t_ep}
             history.append(row)
             improved = vloss < best_loss - 1e-6
+            if dd is not None:  # the same on every rank already; rank 0's word is final
+                improved = dd.agree(improved)
             if improved:
                 best_loss, bad_epochs = vloss, 0
-                save_checkpoint(out / "best.pt", eval_model, arch, pp, None,
-                                {"epoch": epoch + 1, "val_loss": vloss, "val_auc": vauc, "train": asdict(cfg)})
+                if dd is None or dd.is_main:
+                    save_checkpoint(out / "best.pt", eval_model, arch, pp, None,
+                                    {"epoch": epoch + 1, "val_loss": vloss, "val_auc": vauc, "train": asdict(cfg)})
             else:
                 bad_epochs += 1
-            self._write_history(history)
+            if dd is None or dd.is_main:
+                self._write_history(history)
             self._save_last(model, opt, sched, gen, epoch, best_loss, bad_epochs, history, arch, pp, ema)
+            if dd is not None:
+                dd.barrier()
             self.log(f"epoch {epoch + 1}: train_loss {row['train_loss']:.4f} val_loss {vloss:.4f} "
                      f"val_auc {vauc:.4f} val_acc@0.5 {vacc:.4f} ({row['seconds']:.0f}s)"
                      + (" *best" if improved else f" (no improvement {bad_epochs}/{cfg.patience})"))
         stopped_early = bad_epochs >= cfg.patience and len(history) < cfg.epochs
-        return self.finish(split, val_items, xva, yva, pp, history, stopped_early, time.time() - t0)
+        fin = lambda: self.finish(split, val_items, xva, yva, pp, history, stopped_early, time.time() - t0)  # noqa: E731
+        return dd.run_on_main(fin) if dd is not None else fin()
+
+    def _prepare_folder(self, resume: bool) -> TrainConfig:
+        """The config to run (the saved one on --resume) after checking the run folder (rank 0 only)."""
+        from edgecxr.host.distributed import check_resume_record
+
+        cfg, out = self.cfg, self.out
+        last_path = out / "last.pt"
+        if resume:
+            if not last_path.exists():
+                raise EdgeCXRError("nothing to resume: no last.pt in the run folder", out)
+            saved = json.loads((out / "config.json").read_text())
+            check_resume_record(saved.get("distributed"), self.dist, out)
+            saved_cfg = saved["train"]
+            saved_cfg.pop("extra", None)
+            cfg = TrainConfig(**{**saved_cfg, "epochs": cfg.epochs or saved_cfg["epochs"]})
+        elif out.exists() and any(out.glob("*.pt")):
+            raise EdgeCXRError("run folder already has checkpoints; use --resume to continue or another --out", out)
+        out.mkdir(parents=True, exist_ok=True)
+        return cfg
 
     def finish(self, split, val_items, xva, yva, pp, history, stopped_early, wall) -> dict[str, Any]:
         from edgecxr.host.model import load_checkpoint
@@ -532,11 +570,16 @@ class Trainer:
         atomic_write_text(self.out / "history.csv", buf.getvalue())
 
     def _save_last(self, model, opt, sched, gen, epoch, best_loss, bad_epochs, history, arch, pp, ema=None) -> None:
+        more = {}
+        if self.dist is not None:  # every rank's random state, gathered; rank 0 writes
+            more["distributed"] = self.dist.last_record(gen, self.cfg.batch_size, epoch)
+            if not self.dist.is_main:
+                return
         save_checkpoint(self.out / "last.pt", model, arch, pp, None, {
             "ema": _cpu_state(ema.state_dict()) if ema is not None else None,
             "epoch": epoch, "optimizer": _cpu_state(opt.state_dict()), "scheduler": sched.state_dict(),
             "rng": {"torch_gen": gen.get_state(), "torch": torch.get_rng_state()},
-            "best_loss": best_loss, "bad_epochs": bad_epochs, "history": history,
+            "best_loss": best_loss, "bad_epochs": bad_epochs, "history": history, **more,
         })
 
 

@@ -306,19 +306,12 @@ def _check_reuse(config_json: Path, cfg) -> None:
                            "use another --out (nothing was changed)", config_json.parent)
 
 
-def pipeline(source: Path, out: Path, quick: bool = False, size: int = 224, epochs: int = 30,
-             prune_ratio: float = 0.5, finetune_epochs: int = 3, device: str | None = None, log=print,
-             recipe: str = "acquisition", threshold: str = "sens=0.95", train_device: str = "auto") -> int:
-    """Raw images to gated bundles, every step with the project's own commands."""
+def _split_and_calibration(source: Path, out: Path, split: Path, calib: Path, rec: StepRecord, log) -> None:
+    """Steps 1 and 2, each reused only when its recorded settings match."""
     from edgecxr.host.calibrate import make_calibration_set
-    from edgecxr.host.train import TrainConfig, Trainer, apply_recipe
     from edgecxr.shared.data import make_split
     from edgecxr.shared.fsutil import sha256_file
 
-    t0 = time.time()
-    rec = StepRecord(out)
-    split = out / "split.json"
-    steps: dict[str, float] = {}
     want = {"source": str(Path(source).resolve()), "val_fraction": 0.2, "seed": 0}
     if split.exists() and rec.settings("split") not in (None, want):
         raise EdgeCXRError(f"this folder holds a pipeline run on {rec.settings('split')['source']}; "
@@ -330,22 +323,57 @@ def pipeline(source: Path, out: Path, quick: bool = False, size: int = 224, epoc
         sm.save(split)
         rec.done("split", want, time.time() - t)
     log(f"[1/7] split: {split}")
-    calib = out / "calibration" / "calib"
     want = {"split_sha256": sha256_file(split), "n": 256, "seed": 0}
     if not calib.exists() or not rec.matches("calibration", want):
         t = time.time()
         make_calibration_set(split, out / "calibration", "calib", 256, 0, force=calib.exists())
         rec.done("calibration", want, time.time() - t)
     log(f"[2/7] calibration set: {calib}")
-    t = time.time()
-    tcfg = TrainConfig(split=str(split), out=str(out / "train"), size=64 if quick else size,
-                       width_mult=0.35 if quick else 1.0, epochs=6 if quick else epochs,
-                       max_train=0, max_val=0, lr=3e-3 if quick else 1e-3, threshold_rule=threshold,
-                       device=train_device)
-    tcfg = apply_recipe(tcfg, recipe)
+
+
+def _train_todo(out: Path, tcfg) -> tuple[bool, bool]:
+    """(train at all, resume) for the pipeline's training step."""
     _check_reuse(out / "train" / "config.json", tcfg)
-    if not (out / "train" / "metrics.json").exists():
-        Trainer(tcfg, log=log, show_progress=True).run(resume=(out / "train" / "last.pt").exists())
+    return not (out / "train" / "metrics.json").exists(), (out / "train" / "last.pt").exists()
+
+
+def pipeline(source: Path, out: Path, quick: bool = False, size: int = 224, epochs: int = 30,
+             prune_ratio: float = 0.5, finetune_epochs: int = 3, device: str | None = None, log=print,
+             recipe: str = "acquisition", threshold: str = "sens=0.95", train_device: str = "auto") -> int:
+    """Raw images to gated bundles, every step with the project's own commands.
+
+    Under torchrun (``torchrun --nproc_per_node=N -m edgecxr pipeline ...``) rank 0 makes the split
+    and the calibration set while the others wait, every rank trains (DistributedDataParallel,
+    edgecxr/host/distributed.py), then the other ranks exit and rank 0 alone prunes, exports, benches
+    and gates. All ranks read ``out/split.json``: on several machines ``--out`` must be a shared folder.
+    """
+    from edgecxr.host.distributed import session
+    from edgecxr.host.train import TrainConfig, Trainer, apply_recipe
+    from edgecxr.shared.fsutil import sha256_file
+
+    t0 = time.time()
+    split = out / "split.json"
+    calib = out / "calibration" / "calib"
+    steps: dict[str, float] = {}
+    with session(train_device) as dd:  # None without torchrun: one process, as always
+        log = dd.main_only(log) if dd is not None else log
+        rec = StepRecord(out)
+        prepare = lambda: _split_and_calibration(source, out, split, calib, rec, log)  # noqa: E731
+        dd.run_on_main(prepare) if dd is not None else prepare()
+        t = time.time()
+        tcfg = TrainConfig(split=str(split), out=str(out / "train"), size=64 if quick else size,
+                           width_mult=0.35 if quick else 1.0, epochs=6 if quick else epochs,
+                           max_train=0, max_val=0, lr=3e-3 if quick else 1e-3, threshold_rule=threshold,
+                           device=train_device)
+        tcfg = apply_recipe(tcfg, recipe)
+        todo = lambda: _train_todo(out, tcfg)  # noqa: E731
+        run, resume = dd.run_on_main(todo) if dd is not None else todo()
+        if run:
+            Trainer(tcfg, log=log, show_progress=True, dist=dd).run(resume=resume)
+    if dd is not None and not dd.is_main:
+        return 0  # rank 0 goes on alone with prune, export, bench and gate
+    rec = StepRecord(out)  # rank 0 re-reads what rank 0 wrote before training
+    if run:
         rec.done("train", {k: v for k, v in asdict(tcfg).items() if k in _REUSE_KEYS}, time.time() - t)
     steps["train"] = time.time() - t
     ckpt = out / "train" / "best.pt"
