@@ -315,6 +315,41 @@ def make_model(cfg: TrainConfig, log) -> tuple[nn.Module, dict]:
     return model, info
 
 
+@dataclass
+class _Run:
+    """What one training run holds between its steps (see :meth:`Trainer.run`)."""
+    split: Any
+    pp: PreprocessConfig
+    train_items: list
+    val_items: list
+    bs: int  # this process's batch
+    t0: float
+    xtr: Any = None
+    xva: Any = None
+    ytr: Any = None
+    yva: Any = None
+    device: Any = None
+    cuda: bool = False
+    model: Any = None
+    train_model: Any = None  # the DDP wrapper under torchrun, else the model
+    eval_model: Any = None  # the EMA average when on, else the model
+    arch: dict = field(default_factory=dict)
+    init_info: dict = field(default_factory=dict)
+    opt: Any = None
+    sched: Any = None
+    weights: Any = None
+    loss_fn: Any = None
+    val_loss_fn: Any = None
+    ema: Any = None
+    gen: Any = None
+    xtr_dev: Any = None
+    ytr_dev: Any = None
+    start_epoch: int = 0
+    best_loss: float = math.inf
+    bad_epochs: int = 0
+    history: list = field(default_factory=list)
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, log=print, show_progress: bool = True, dist=None):
         self.cfg = cfg
@@ -328,18 +363,37 @@ class Trainer:
             dist.out = self.out
 
     def run(self, resume: bool = False) -> dict[str, Any]:
-        """Train; returns what metrics.json holds plus ``history`` (one dict per epoch)."""
-        cfg = self.cfg
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        out = self.out
-        last_path = out / "last.pt"
+        """Train; returns what metrics.json holds plus ``history`` (one dict per epoch).
+
+        The steps: check the run folder (and read the saved config on ``resume``), load the images
+        (:meth:`_load_data`), build model, optimiser and loss (:meth:`_build`), resume or record the
+        config (:meth:`_start`), then per epoch :meth:`_train_epoch` and :meth:`_end_epoch`
+        (validate, keep the best, save last.pt, early stopping), and :meth:`finish`."""
+        if self.cfg.threads:
+            torch.set_num_threads(self.cfg.threads)
         dd = self.dist
         prepare = lambda: self._prepare_folder(resume)  # noqa: E731
-        cfg = self.cfg = dd.run_on_main(prepare) if dd is not None else prepare()
+        self.cfg = dd.run_on_main(prepare) if dd is not None else prepare()
+        cfg = self.cfg
         seed_everything(cfg.seed)
+        r = self._load_data()
+        self._build(r)
+        self._start(r, resume)
+        for epoch in range(r.start_epoch, cfg.epochs):
+            if r.bad_epochs >= cfg.patience:
+                break
+            t_ep = time.time()
+            tot, seen = self._train_epoch(r, epoch)
+            self._end_epoch(r, epoch, tot, seen, t_ep)
+        stopped_early = r.bad_epochs >= cfg.patience and len(r.history) < cfg.epochs
+        fin = lambda: self.finish(r.split, r.val_items, r.xva, r.yva, r.pp, r.history, stopped_early,  # noqa: E731
+                                  time.time() - r.t0)
+        return dd.run_on_main(fin) if dd is not None else fin()
+
+    def _load_data(self) -> _Run:
+        """The split's images, capped and cached at the training size; the per-process batch."""
+        cfg, dd = self.cfg, self.dist
         split = SplitManifest.read(cfg.split, cfg.data_root)
-        pp = PreprocessConfig(size=cfg.size)
         train_items = _cap(split.subset("train"), cfg.max_train, cfg.seed)
         val_items = _cap(split.subset("val"), cfg.max_val, cfg.seed)
         if not train_items or not val_items:
@@ -348,150 +402,158 @@ class Trainer:
             if len({it.label for it in its}) < 2:
                 raise EdgeCXRError(f"the {name} part of the split has a single class", cfg.split)
         bs = dd.check_plan(len(train_items), cfg.batch_size, cfg.split) if dd is not None else cfg.batch_size
-
         self.log(f"data: {len(train_items)} train / {len(val_items)} val images at {cfg.size}px "
                  f"(split {cfg.split}, seed {split.seed})")
-        t0 = time.time()
-        xtr = self._cache(split, train_items, cfg.size, "loading train images")
-        xva = self._cache(split, val_items, cfg.size, "loading val images")
-        ytr = torch.tensor([it.label for it in train_items])
-        yva = np.array([it.label for it in val_items])
-        self.log(f"data cached in {time.time() - t0:.1f}s")
+        r = _Run(split=split, pp=PreprocessConfig(size=cfg.size), train_items=train_items, val_items=val_items,
+                 bs=bs, t0=time.time())
+        r.xtr = self._cache(split, train_items, cfg.size, "loading train images")
+        r.xva = self._cache(split, val_items, cfg.size, "loading val images")
+        r.ytr = torch.tensor([it.label for it in train_items])
+        r.yva = np.array([it.label for it in val_items])
+        self.log(f"data cached in {time.time() - r.t0:.1f}s")
+        return r
 
-        device = resolve_device(cfg.device)
-        model, init_info = make_model(cfg, self.log)
-        arch = init_info.get("arch") or describe_arch(model, cfg.width_mult)
+    def _build(self, r: _Run) -> None:
+        """Model (on its device, wrapped for DDP under torchrun), optimiser, schedule, losses, EMA."""
+        cfg, dd = self.cfg, self.dist
+        r.device = device = resolve_device(cfg.device)
+        model, r.init_info = make_model(cfg, self.log)
+        r.arch = r.init_info.get("arch") or describe_arch(model, cfg.width_mult)
         freeze_first_blocks(model, cfg.freeze_blocks)
-        cuda = device.type == "cuda"
-        model = model.to(device, memory_format=torch.channels_last) if cuda else model
-        train_model = dd.wrap(model, device) if dd is not None else model
+        r.cuda = cuda = device.type == "cuda"
+        r.model = model = model.to(device, memory_format=torch.channels_last) if cuda else model
+        r.train_model = dd.wrap(model, device) if dd is not None else model
         params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1), eta_min=cfg.min_lr)
-        counts = torch.bincount(ytr, minlength=2).float()
-        weights = (counts.sum() / (2 * counts)) if cfg.class_weighting else torch.ones(2)
-        loss_fn = nn.CrossEntropyLoss(weight=weights.to(device), label_smoothing=cfg.label_smoothing)
-        val_loss_fn = nn.CrossEntropyLoss(weight=weights)
-        ema = None
+        r.opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        r.sched = torch.optim.lr_scheduler.CosineAnnealingLR(r.opt, T_max=max(cfg.epochs, 1), eta_min=cfg.min_lr)
+        counts = torch.bincount(r.ytr, minlength=2).float()
+        r.weights = (counts.sum() / (2 * counts)) if cfg.class_weighting else torch.ones(2)
+        r.loss_fn = nn.CrossEntropyLoss(weight=r.weights.to(device), label_smoothing=cfg.label_smoothing)
+        r.val_loss_fn = nn.CrossEntropyLoss(weight=r.weights)
         if cfg.ema > 0:
             from torch.optim.swa_utils import AveragedModel
 
-            ema = AveragedModel(model, multi_avg_fn=ema_warmup_fn(cfg.ema), use_buffers=True)
-        eval_model = ema.module if ema is not None else model
+            r.ema = AveragedModel(model, multi_avg_fn=ema_warmup_fn(cfg.ema), use_buffers=True)
+        r.eval_model = r.ema.module if r.ema is not None else model
         if cuda:
-            xtr_dev = torch.from_numpy(xtr).to(device)  # float16 N x H x W on the GPU
-            ytr_dev = ytr.to(device)
+            r.xtr_dev = torch.from_numpy(r.xtr).to(device)  # float16 N x H x W on the GPU
+            r.ytr_dev = r.ytr.to(device)
         self.log(f"device: {device}" + (f" ({torch.cuda.get_device_name(device)}, bf16 autocast)" if cuda else ""))
 
-        start_epoch, best_loss, bad_epochs, history = 0, math.inf, 0, []
-        gen = torch.Generator().manual_seed(cfg.seed)
+    def _start(self, r: _Run, resume: bool) -> None:
+        """The run's generator, then last.pt's state on ``resume``, else config.json written."""
+        cfg, dd, out = self.cfg, self.dist, self.out
+        r.gen = torch.Generator().manual_seed(cfg.seed)
         if dd is not None:
-            dd.seed_rank(gen, cfg.seed)
+            dd.seed_rank(r.gen, cfg.seed)
         if resume:
+            last_path = out / "last.pt"
             load = lambda: torch.load(last_path, map_location="cpu", weights_only=False)  # noqa: E731
             blob = dd.run_on_main(load) if dd is not None else load()
-            model.load_state_dict(blob["state_dict"])
-            if ema is not None and blob.get("ema") is not None:
-                ema.load_state_dict(blob["ema"])
-            opt.load_state_dict(blob["optimizer"])
-            sched.load_state_dict(blob["scheduler"])
+            r.model.load_state_dict(blob["state_dict"])
+            if r.ema is not None and blob.get("ema") is not None:
+                r.ema.load_state_dict(blob["ema"])
+            r.opt.load_state_dict(blob["optimizer"])
+            r.sched.load_state_dict(blob["scheduler"])
             if dd is not None:
-                dd.restore_rng(gen, blob)
+                dd.restore_rng(r.gen, blob)
             else:
-                gen.set_state(blob["rng"]["torch_gen"])
+                r.gen.set_state(blob["rng"]["torch_gen"])
                 torch.set_rng_state(blob["rng"]["torch"])
-            start_epoch = blob["epoch"] + 1
-            best_loss, bad_epochs = blob["best_loss"], blob["bad_epochs"]
-            history = blob["history"]
+            r.start_epoch = blob["epoch"] + 1
+            r.best_loss, r.bad_epochs = blob["best_loss"], blob["bad_epochs"]
+            r.history = blob["history"]
             self.log(f"resumed from {last_path} after epoch {blob['epoch'] + 1}")
         elif dd is None or dd.is_main:
             atomic_write_json(out / "config.json", {
-                "train": asdict(cfg), "preprocess": pp.to_dict(), "arch": arch, "init": init_info,
-                "split_sha256": sha256_file(cfg.split), "class_weights": weights.tolist(),
+                "train": asdict(cfg), "preprocess": r.pp.to_dict(), "arch": r.arch, "init": r.init_info,
+                "split_sha256": sha256_file(cfg.split), "class_weights": r.weights.tolist(),
                 "env": env_record(), **({"distributed": dd.record(cfg.batch_size)} if dd is not None else {}),
             })
 
-        n = len(train_items)
+    def _train_epoch(self, r: _Run, epoch: int) -> tuple[float, int]:
+        """One pass over this process's share of the training images; (summed loss, images seen)."""
+        cfg, dd, bs, cuda, pp = self.cfg, self.dist, r.bs, r.cuda, r.pp
+        n = len(r.train_items)
         steps = math.ceil((n // dd.world_size if dd is not None else n) / bs)
-        for epoch in range(start_epoch, cfg.epochs):
-            if bad_epochs >= cfg.patience:
-                break
-            t_ep = time.time()
-            model.train()
-            perm = dd.epoch_indices(n, cfg.seed, epoch) if dd is not None else torch.randperm(n, generator=gen)
-            tot, seen = 0.0, 0
-            with self._bar(steps, f"epoch {epoch + 1}/{cfg.epochs}") as step:
-                for s in range(steps):
-                    idx = perm[s * bs:(s + 1) * bs]
-                    if len(idx) < 2:  # BatchNorm needs > 1 sample
-                        continue
-                    if cuda:
-                        xb, yb = xtr_dev[idx.to(device)].float(), ytr_dev[idx.to(device)]
-                    else:
-                        xb, yb = torch.from_numpy(xtr[idx.numpy()].astype(np.float32)), ytr[idx]
-                    xb = augment(xb, cfg.rotation, cfg.hflip, gen, cfg.zoom, cfg.translate)
-                    if cfg.intensity > 0 or cfg.noise > 0 or cfg.blur > 0:
-                        xb = photometric(xb, gen, cfg.intensity, cfg.noise, cfg.blur)
-                    xb = normalize_torch(xb, pp)
-                    lam, perm_b = 1.0, None
-                    if cfg.mixup > 0:
-                        lam = float(np.random.default_rng(int(torch.randint(2**31, (1,), generator=gen)))
-                                    .beta(cfg.mixup, cfg.mixup))
-                        perm_b = torch.randperm(len(idx), generator=gen).to(xb.device)
-                        xb = lam * xb + (1 - lam) * xb[perm_b]
-                    if cuda:
-                        xb = xb.contiguous(memory_format=torch.channels_last)
-                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-                        out_b = train_model(xb)
-                    out_b = out_b.float()
-                    loss = loss_fn(out_b, yb)
-                    if perm_b is not None:
-                        loss = lam * loss + (1 - lam) * loss_fn(out_b, yb[perm_b])
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    if ema is not None:
-                        ema.update_parameters(model)
-                    tot += loss.item() * len(idx)
-                    seen += len(idx)
-                    step()
-            sched.step()
-            if dd is not None:
-                tot, seen = dd.sum(tot, seen)
-                dd.sync_buffers(model, ema)
-                logits, prob = dd.predict(lambda part: predict_cache(eval_model, part, pp), xva)
-            else:
-                logits, prob = predict_cache(eval_model, xva, pp)
-            vloss = float(val_loss_fn(torch.from_numpy(logits), torch.from_numpy(yva)))
-            from edgecxr.shared.metrics import binary_metrics, roc_auc
+        r.model.train()
+        perm = dd.epoch_indices(n, cfg.seed, epoch) if dd is not None else torch.randperm(n, generator=r.gen)
+        tot, seen = 0.0, 0
+        with self._bar(steps, f"epoch {epoch + 1}/{cfg.epochs}") as step:
+            for s in range(steps):
+                idx = perm[s * bs:(s + 1) * bs]
+                if len(idx) < 2:  # BatchNorm needs > 1 sample
+                    continue
+                if cuda:
+                    xb, yb = r.xtr_dev[idx.to(r.device)].float(), r.ytr_dev[idx.to(r.device)]
+                else:
+                    xb, yb = torch.from_numpy(r.xtr[idx.numpy()].astype(np.float32)), r.ytr[idx]
+                xb = augment(xb, cfg.rotation, cfg.hflip, r.gen, cfg.zoom, cfg.translate)
+                if cfg.intensity > 0 or cfg.noise > 0 or cfg.blur > 0:
+                    xb = photometric(xb, r.gen, cfg.intensity, cfg.noise, cfg.blur)
+                xb = normalize_torch(xb, pp)
+                lam, perm_b = 1.0, None
+                if cfg.mixup > 0:
+                    lam = float(np.random.default_rng(int(torch.randint(2**31, (1,), generator=r.gen)))
+                                .beta(cfg.mixup, cfg.mixup))
+                    perm_b = torch.randperm(len(idx), generator=r.gen).to(xb.device)
+                    xb = lam * xb + (1 - lam) * xb[perm_b]
+                if cuda:
+                    xb = xb.contiguous(memory_format=torch.channels_last)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                    out_b = r.train_model(xb)
+                out_b = out_b.float()
+                loss = r.loss_fn(out_b, yb)
+                if perm_b is not None:
+                    loss = lam * loss + (1 - lam) * r.loss_fn(out_b, yb[perm_b])
+                r.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                r.opt.step()
+                if r.ema is not None:
+                    r.ema.update_parameters(r.model)
+                tot += loss.item() * len(idx)
+                seen += len(idx)
+                step()
+        r.sched.step()
+        return tot, seen
 
-            vauc = roc_auc(yva, prob)
-            vacc = binary_metrics(yva, prob, 0.5).accuracy
-            row = {"epoch": epoch + 1, "train_loss": tot / max(seen, 1), "val_loss": vloss,
-                   "val_auc": vauc, "val_acc@0.5": vacc, "lr": opt.param_groups[0]["lr"],
-                   "seconds": time.time() - t_ep}
-            history.append(row)
-            improved = vloss < best_loss - 1e-6
-            if dd is not None:  # the same on every rank already; rank 0's word is final
-                improved = dd.agree(improved)
-            if improved:
-                best_loss, bad_epochs = vloss, 0
-                if dd is None or dd.is_main:
-                    save_checkpoint(out / "best.pt", eval_model, arch, pp, None,
-                                    {"epoch": epoch + 1, "val_loss": vloss, "val_auc": vauc, "train": asdict(cfg)})
-            else:
-                bad_epochs += 1
+    def _end_epoch(self, r: _Run, epoch: int, tot: float, seen: int, t_ep: float) -> None:
+        """Validate (gathered across ranks), keep the best checkpoint, write history and last.pt."""
+        from edgecxr.shared.metrics import binary_metrics, roc_auc
+
+        cfg, dd, out, pp = self.cfg, self.dist, self.out, r.pp
+        if dd is not None:
+            tot, seen = dd.sum(tot, seen)
+            dd.sync_buffers(r.model, r.ema)
+            logits, prob = dd.predict(lambda part: predict_cache(r.eval_model, part, pp), r.xva)
+        else:
+            logits, prob = predict_cache(r.eval_model, r.xva, pp)
+        vloss = float(r.val_loss_fn(torch.from_numpy(logits), torch.from_numpy(r.yva)))
+        vauc = roc_auc(r.yva, prob)
+        vacc = binary_metrics(r.yva, prob, 0.5).accuracy
+        row = {"epoch": epoch + 1, "train_loss": tot / max(seen, 1), "val_loss": vloss,
+               "val_auc": vauc, "val_acc@0.5": vacc, "lr": r.opt.param_groups[0]["lr"],
+               "seconds": time.time() - t_ep}
+        r.history.append(row)
+        improved = vloss < r.best_loss - 1e-6
+        if dd is not None:  # the same on every rank already; rank 0's word is final
+            improved = dd.agree(improved)
+        if improved:
+            r.best_loss, r.bad_epochs = vloss, 0
             if dd is None or dd.is_main:
-                self._write_history(history)
-            self._save_last(model, opt, sched, gen, epoch, best_loss, bad_epochs, history, arch, pp, ema)
-            if dd is not None:
-                dd.barrier()
-            self.log(f"epoch {epoch + 1}: train_loss {row['train_loss']:.4f} val_loss {vloss:.4f} "
-                     f"val_auc {vauc:.4f} val_acc@0.5 {vacc:.4f} ({row['seconds']:.0f}s)"
-                     + (" *best" if improved else f" (no improvement {bad_epochs}/{cfg.patience})"))
-        stopped_early = bad_epochs >= cfg.patience and len(history) < cfg.epochs
-        fin = lambda: self.finish(split, val_items, xva, yva, pp, history, stopped_early, time.time() - t0)  # noqa: E731
-        return dd.run_on_main(fin) if dd is not None else fin()
+                save_checkpoint(out / "best.pt", r.eval_model, r.arch, pp, None,
+                                {"epoch": epoch + 1, "val_loss": vloss, "val_auc": vauc, "train": asdict(cfg)})
+        else:
+            r.bad_epochs += 1
+        if dd is None or dd.is_main:
+            self._write_history(r.history)
+        self._save_last(r.model, r.opt, r.sched, r.gen, epoch, r.best_loss, r.bad_epochs, r.history, r.arch, pp,
+                        r.ema)
+        if dd is not None:
+            dd.barrier()
+        self.log(f"epoch {epoch + 1}: train_loss {row['train_loss']:.4f} val_loss {vloss:.4f} "
+                 f"val_auc {vauc:.4f} val_acc@0.5 {vacc:.4f} ({row['seconds']:.0f}s)"
+                 + (" *best" if improved else f" (no improvement {r.bad_epochs}/{cfg.patience})"))
 
     def _prepare_folder(self, resume: bool) -> TrainConfig:
         """The config to run (the saved one on --resume) after checking the run folder (rank 0 only)."""
