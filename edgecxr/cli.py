@@ -467,11 +467,16 @@ def predict(
     images: Annotated[list[Path], typer.Argument(help="X-ray files (JPEG, PNG, DICOM)")],
     threads: Annotated[int | None, typer.Option(help="Threads")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON lines")] = False,
+    explain: Annotated[Path | None, typer.Option(help="Also write occlusion heatmaps here (PNG per image, index.html); see `edgecxr explain`")] = None,
 ):
     """Classify X-rays with a bundle: probability of pneumonia and the call at the bundle's threshold.
 
     Example: edgecxr predict dist/rpi4-int8 scan1.dcm scan2.jpeg
     """
+    if explain is not None:
+        from .cli_explain import explain_predict
+
+        return explain_predict(bundle, images, explain, threads, json_out)
     from .predict import format_rows
     from .predict import predict as run_predict
 
@@ -522,11 +527,13 @@ def pipeline(
                                   recipe=recipe, threshold=threshold, train_device=train_device))
 
 
+from .cli_explain import register as _register_explain  # noqa: E402
 from .cli_link import register as _register_link  # noqa: E402
 from .cli_prune import register as _register_prune  # noqa: E402
 
 _register_prune(app)
 _register_link(app)
+_register_explain(app)
 
 
 def main() -> None:
