@@ -38,6 +38,10 @@ def finish(summary: dict[str, Any], json_out: bool, echo=typer.echo) -> None:
     if ok:
         echo(f"wrote {summary['out']}/index.html: {len(ok)} heatmap(s), {summary['seconds_per_image']:.2f} s per image "
              f"({summary['model']}, {summary['backend']} {summary['precision']}, {summary['method']})", err=json_out)
+    cs = summary.get("central_share_median") or {}
+    if cs:
+        echo("share of the evidence in the central 60% x 60% box, median per call: "
+             + ", ".join(f"{k} {v:.2f}" for k, v in cs.items()), err=json_out)
     cmp = summary.get("compare")
     if cmp and cmp["r"].get("n"):
         d = cmp["r"]

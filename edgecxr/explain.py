@@ -35,6 +35,7 @@ from .preprocess import PreprocessConfig, preprocess_grey
 # Coarser grids the time budget may fall back to (window positions per side = grid - window + 1).
 _FALLBACK_GRIDS = (14, 12, 10, 8, 7, 6, 5, 4, 3)
 DISPLAY_MAX_SIDE = 640
+DISPLAY_MIN_SIDE = 448  # small inputs (224 px datasets) are enlarged so the caption fits
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,17 @@ def evidence(heat: np.ndarray, positive: bool) -> np.ndarray:
     return e / m if m > 0 else e
 
 
+def central_share(heat: np.ndarray, positive: bool, margin: float = 0.2) -> float:
+    """Share of the call's evidence inside the central box (``margin`` of each side left out: the central
+    60% x 60%, 36% of the area), in model-input coordinates. Low values: the model leans on borders,
+    corners or text markers."""
+    e = evidence(heat, positive)
+    n = heat.shape[0]
+    a = int(round(margin * n))
+    t = float(e.sum())
+    return float(e[a:n - a, a:n - a].sum() / t) if t > 0 else float("nan")
+
+
 def _font(size: int):
     from PIL import ImageFont
 
@@ -187,15 +199,22 @@ def _font(size: int):
 
 
 def render(grey: np.ndarray, heat: np.ndarray, positive: bool, lines: Sequence[str], headline: str,
-           max_side: int = DISPLAY_MAX_SIDE, method: str = "occlusion"):
-    """The radiograph at its own aspect ratio with the evidence map over it, and a caption band below."""
+           max_side: int = DISPLAY_MAX_SIDE, method: str = "occlusion", cells: int | None = None):
+    """The radiograph at its own aspect ratio with the evidence map over it, and a caption band below.
+
+    ``cells``: the map's own resolution (occlusion: one cell per grid step); it is averaged to that
+    many cells per side and interpolated from there, so the picture shows no block edges the
+    method did not measure. The saved .npy map is left as computed."""
     from PIL import Image, ImageDraw
 
     h, w = grey.shape
-    k = min(1.0, max_side / max(h, w))
+    k = min(1.0, max_side / max(h, w)) if max(h, w) >= DISPLAY_MIN_SIDE else DISPLAY_MIN_SIDE / max(h, w)
     dw, dh = max(1, round(w * k)), max(1, round(h * k))
     g = resize_float(grey, dw, dh) if (dw, dh) != (w, h) else np.asarray(grey, np.float32)
-    ev = np.clip(resize_float(evidence(heat, positive), dw, dh), 0, 1)
+    ev = evidence(heat, positive)
+    if cells and cells < ev.shape[0]:
+        ev = np.asarray(Image.fromarray(ev.astype(np.float32)).resize((cells, cells), Image.Resampling.BOX), np.float32)
+    ev = np.clip(resize_float(ev, dw, dh), 0, 1)
     alpha = (0.6 * ev ** 0.7)[..., None]
     rgb = np.repeat(np.clip(g, 0, 1)[..., None], 3, axis=2) * (1 - alpha) + colormap(ev) * alpha
     img = Image.fromarray((rgb * 255 + 0.5).astype(np.uint8), "RGB")
@@ -374,7 +393,8 @@ def explain_files(model: Model, method: Any, files: Sequence[Path], names: Seque
         pos = prob >= model.threshold
         label = model.labels[int(pos)]
         lines = [f"{f.name}   ({grey.shape[1]} x {grey.shape[0]} px)", describe(model, hm, cfg)]
-        im = render(grey, hm.heat, pos, lines, headline_for(label, prob, model.threshold), method=hm.method)
+        im = render(grey, hm.heat, pos, lines, headline_for(label, prob, model.threshold), method=hm.method,
+                    cells=hm.grid)
         data = png_bytes(im)
         dt, cpu = time.perf_counter() - t0, time.process_time() - c0
         buf = io.BytesIO()
@@ -384,7 +404,8 @@ def explain_files(model: Model, method: Any, files: Sequence[Path], names: Seque
         maps[name] = hm.heat
         rows.append(Explained(str(f), prob, model.threshold, label, model.name, f"{name}.png", f"{name}.heat.npy",
                               round(dt, 4), hm.method, hm.grid, hm.window_px, hm.forwards, hm.score,
-                              {"method_seconds": round(hm.seconds, 4), "cpu_seconds": round(cpu, 4)}).to_dict())
+                              {"method_seconds": round(hm.seconds, 4), "cpu_seconds": round(cpu, 4),
+                               "central_share": round(central_share(hm.heat, pos), 4)}).to_dict())
         if log:
             log(f"{f}: {label}  p(pneumonia)={prob:.4f}  threshold {model.threshold:.4f}  "
                 f"heatmap {name}.png in {dt:.2f} s")
@@ -459,6 +480,9 @@ def explain_to_folder(model: Model, method: Any, files: Sequence[Path], out: Pat
         ok = [r for r in rows if not r.get("error")]
         if ok:
             summary["seconds_per_image"] = float(np.mean([r["seconds"] for r in ok]))
+            summary["central_share_median"] = {
+                lab: float(np.nanmedian([r["central_share"] for r in ok if r["label"] == lab]))
+                for lab in model.labels if any(r["label"] == lab for r in ok)}
         if twin is not None:
             from .explain_compare import compare_rows
 
@@ -488,3 +512,33 @@ def explain_to_folder(model: Model, method: Any, files: Sequence[Path], out: Pat
         atomic_write_json(tmp / "explain.json", summary)
     summary["out"] = str(out)
     return summary
+
+
+def explain_on_board(bundle: Path, files: Sequence[Path], store: Path, params: Any,
+                     threads: int | None = None) -> list[dict[str, Any]]:
+    """The board's half of `remote predict --explain`: heatmaps into ``store/explain/<bundle>/``
+    (the previous request's replaced), rows whose ``png`` is that file's name relative to ``store``."""
+    known = ("grid", "window", "batch", "budget_s")
+    opts = {k: params[k] for k in known if isinstance(params, dict) and k in params}
+    bad = [k for k in (params if isinstance(params, dict) else {}) if k not in known]
+    if bad:
+        raise EdgeCXRError(f"params.explain: unknown option(s) {', '.join(map(str, bad))} (known: {', '.join(known)})")
+    cfg = OcclusionConfig(**opts)
+    rel = Path("explain") / Path(bundle).name
+    s = run_explain(bundle, files, store / rel, cfg, threads=threads, force=True)
+    for r in s["rows"]:
+        for k in ("png", "heat"):
+            if r.get(k):
+                r[k] = (rel / r[k]).as_posix()
+    return s["rows"]
+
+
+def pulled_page(rows: list[dict[str, Any]], out: Path, pngs: dict[str, bytes], title: str) -> None:
+    """The host's half: the pulled PNGs, index.html and explain.json, written into ``out`` in one move."""
+    from .fsutil import atomic_dir, atomic_write_json
+
+    with atomic_dir(out, force=True) as tmp:
+        for name, data in pngs.items():
+            (tmp / name).write_bytes(data)
+        (tmp / "index.html").write_text(html_page(title, _cards(rows)))
+        atomic_write_json(tmp / "explain.json", {"rows": rows})
