@@ -8,7 +8,7 @@ import json
 from PIL import Image
 
 from edgecxr.cli_link import predict_remote
-from edgecxr.explain import output_names
+from edgecxr.explain import n_forwards, output_names
 from tests.conftest import ROOT
 from tests.link.test_cli_link import BUNDLE, board  # noqa: F401  (the board fixture)
 
@@ -22,7 +22,8 @@ def test_remote_predict_explain_brings_the_pngs_back(bundles, board, tmp_path): 
                           explain_options={"grid": 5})
     assert [r["file"] for r in rows] == [str(p) for p in IMAGES]
     names = [f"{n}.png" for n in output_names(IMAGES)]
-    assert [r["png"] for r in rows] == names and all(r["forwards"] == 10 for r in rows)
+    assert [r["png"] for r in rows] == names
+    assert all(r["grid"] == 5 and r["forwards"] == n_forwards(64, 5, 2) == 17 for r in rows)
     for r in rows:
         local = (out / r["png"]).read_bytes()
         assert local == (rig.store / r["board_png"]).read_bytes()  # the board's file, byte for byte
