@@ -26,22 +26,31 @@ def _med(rows: list[dict], key: str) -> float:
 
 
 def _central(rows: list[dict], label: str, folder: Path) -> str:
-    from edgecxr.explain import central_share
+    """Median share of the call's evidence in the central 60% x 60% box / in the top 20% of the rows."""
+    from edgecxr.explain import central_share, evidence
 
-    v = [r["central_share"] if r.get("central_share") is not None
-         else central_share(np.load(folder / r["heat"]), r["label"] == "PNEUMONIA")  # folders made before the field
-         for r in rows if r.get("label") == label]
-    return f"{np.median(v):.2f} (n={len(v)})" if v else "–"
+    cs, top = [], []
+    for r in rows:
+        if r.get("label") != label:
+            continue
+        h = np.load(folder / r["heat"])
+        pos = r["label"] == "PNEUMONIA"
+        cs.append(r["central_share"] if r.get("central_share") is not None else central_share(h, pos))
+        e = evidence(h, pos)
+        top.append(float(e[: int(0.2 * len(e))].sum() / max(e.sum(), 1e-12)))
+    return f"{np.median(cs):.2f} / {np.median(top):.2f} (n={len(cs)})" if cs else "–"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("folders", nargs="*", type=Path)
     ap.add_argument("--gradcam", nargs="*", type=Path, default=[])
+    ap.add_argument("--maps", nargs=2, type=Path, action="append", default=[], metavar=("A", "B"),
+                    help="correlate the maps of two folders on their common images (A[/reference] B)")
     a = ap.parse_args()
     corr = ["| int8 bundle | fp32 twin | images | r median | r p10 | r p05 | r min | top-10% IoU median | flagged (r < min, flat, other call) |",
             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
-    times = ["| model | runtime | precision | method | passes/image | images | s/image wall (median) | CPU s/image (median) | evidence in central box, NORMAL calls | PNEUMONIA calls |",
+    times = ["| model | runtime | precision | method | passes/image | images | s/image wall (median) | CPU s/image (median) | evidence in central box / top 20% rows, NORMAL calls | same, PNEUMONIA calls |",
              "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for d in a.folders:
         s = json.loads((d / "explain.json").read_text())
@@ -67,6 +76,35 @@ def main() -> None:
                      f"{_med(ok, 'seconds'):.2f} | {_med(ok, 'cpu_seconds'):.2f} | {_central(ok, 'NORMAL', d)} | "
                      f"{_central(ok, 'PNEUMONIA', d)} |")
     print("\n".join(corr) + "\n\n" + "\n".join(times))
+    for x, y in a.maps:
+        print("\n" + maps_line(x, y))
+
+
+def _rows(folder: Path) -> tuple[Path, dict[str, dict]]:
+    """``DIR`` or ``DIR/reference`` (the fp32 twin's maps of a compare folder)."""
+    if folder.name == "reference" and not (folder / "explain.json").exists():
+        s = json.loads((folder.parent / "explain.json").read_text())
+        return folder.parent, {r["file"]: r for r in s["reference"]["rows"]}
+    s = json.loads((folder / "explain.json").read_text())
+    return folder, {r["file"]: r for r in s["rows"] if not r.get("error")}
+
+
+def maps_line(x: Path, y: Path) -> str:
+    from edgecxr.explain import evidence
+    from edgecxr.explain_compare import pearson
+
+    dx, rx = _rows(x)
+    dy, ry = _rows(y)
+    by: dict[str, list[float]] = {}
+    for f in sorted(set(rx) & set(ry)):
+        pos = rx[f]["label"] == "PNEUMONIA"
+        a, b = np.load(dx / rx[f]["heat"]), np.load(dy / ry[f]["heat"])
+        if a.shape != b.shape:
+            continue
+        by.setdefault(rx[f]["label"], []).append(pearson(evidence(a, pos), evidence(b, pos)))
+        by.setdefault("signed, all", []).append(pearson(a, b))
+    return f"maps {x} vs {y}: " + "; ".join(
+        f"{k} n={len(v)} median r {np.nanmedian(v):.2f} p10 {np.nanquantile(v, 0.1):.2f}" for k, v in by.items())
 
 
 if __name__ == "__main__":
