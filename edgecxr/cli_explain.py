@@ -21,10 +21,10 @@ BATCH_HELP = "Occluded copies per runtime call"
 BUDGET_HELP = "Seconds per image: coarsen the grid to fit (0 = no limit)"
 
 
-def occlusion_config(grid: int, window: int, batch: int, budget: float):
+def occlusion_config(grid: int, window: int, batch: int, budget: float, fill: str = "mean"):
     from .explain import OcclusionConfig
 
-    return OcclusionConfig(grid=grid, window=window, batch=batch, budget_s=budget)
+    return OcclusionConfig(grid=grid, window=window, batch=batch, budget_s=budget, fill=fill)
 
 
 def finish(summary: dict[str, Any], json_out: bool, echo=typer.echo) -> None:
@@ -69,6 +69,7 @@ def register(app: typer.Typer) -> None:
         window: Annotated[int, typer.Option(help=WINDOW_HELP)] = 2,
         batch: Annotated[int, typer.Option(help=BATCH_HELP)] = 16,
         budget: Annotated[float, typer.Option(help=BUDGET_HELP)] = 0.0,
+        fill: Annotated[str, typer.Option(help="What an occlusion window shows: mean (the image's mean grey) | blur (the image blurred: detail gone, brightness kept)")] = "mean",
         compare: Annotated[Path | None, typer.Option(help="fp32 twin bundle: also explain there, per-image heatmap correlation, flag disagreements")] = None,
         min_corr: Annotated[float, typer.Option(help="With --compare: flag images whose heatmap correlation is below this")] = 0.5,
         max_images: Annotated[int, typer.Option(help="At most this many images, evenly spaced over the sorted list (0 = all)")] = 0,
@@ -93,14 +94,14 @@ def register(app: typer.Typer) -> None:
                 raise EdgeCXRError(f"--method {method}: a bundle is explained by occlusion (its runtime has no gradients)")
             from .explain import run_explain
 
-            s = run_explain(model, images, out, occlusion_config(grid, window, batch, budget), threads=threads,
+            s = run_explain(model, images, out, occlusion_config(grid, window, batch, budget, fill), threads=threads,
                             force=force, max_images=max_images, compare=compare, min_corr=min_corr, log=log)
         elif model.suffix == ".pt" or model.suffix == ".pth":
             if compare is not None:
                 raise EdgeCXRError("--compare pairs two bundles (int8 and its fp32 twin); give a bundle folder")
             from .explain_host import run_host_explain
 
-            s = run_host_explain(model, images, out, method or "gradcam", occlusion_config(grid, window, batch, budget),
+            s = run_host_explain(model, images, out, method or "gradcam", occlusion_config(grid, window, batch, budget, fill),
                                  threads=threads, force=force, max_images=max_images, log=log)
         elif not model.exists():
             raise EdgeCXRError("not found (give a bundle folder or a checkpoint .pt)", model)

@@ -44,8 +44,11 @@ class OcclusionConfig:
     window: int = 2  # window side, in strides (2: every pixel is covered by up to 4 windows)
     batch: int = 16  # occluded copies per runtime call (the last call is padded to keep one shape)
     budget_s: float = 0.0  # seconds per image; the grid is coarsened to fit (0 = no limit)
+    fill: str = "mean"  # what a window shows: the image's mean, or the image blurred (detail removed, brightness kept)
 
     def __post_init__(self) -> None:
+        if self.fill not in ("mean", "blur"):
+            raise EdgeCXRError(f"--fill {self.fill!r}: known: mean, blur")
         if self.window < 1:
             raise EdgeCXRError(f"--window {self.window}: must be at least 1 stride")
         if self.grid < self.window + 1:
@@ -62,6 +65,20 @@ def windows(size: int, grid: int, window: int) -> tuple[int, np.ndarray]:
     n = grid - window + 1
     starts = np.unique(np.round(np.linspace(0, size - w, n)).astype(int))
     return w, starts
+
+
+def box_blur(x: np.ndarray, r: int, passes: int = 3) -> np.ndarray:
+    """C x H x W blurred by ``passes`` box filters of side 2r+1 (close to a Gaussian), edges repeated."""
+    y = np.asarray(x, np.float64)
+    for _ in range(passes):
+        for ax in (1, 2):
+            pad = [(0, 0)] * 3
+            pad[ax] = (r + 1, r)
+            c = np.cumsum(np.pad(y, pad, mode="edge"), axis=ax)
+            hi = np.take(c, np.arange(2 * r + 1, c.shape[ax]), axis=ax)
+            lo = np.take(c, np.arange(0, c.shape[ax] - 2 * r - 1), axis=ax)
+            y = (hi - lo) / (2 * r + 1)
+    return y.astype(np.float32)
 
 
 def n_forwards(size: int, grid: int, window: int) -> int:
@@ -125,7 +142,10 @@ class Occluder:
         grid = self.choose_grid()
         w, starts = windows(s, grid, c.window)
         boxes = [(y, x0) for y in starts for x0 in starts]
-        fill = x.reshape(x.shape[0], -1).mean(axis=1).astype(np.float32)[:, None, None]
+        if c.fill == "blur":
+            fill = box_blur(x, max(1, w // 2))
+        else:
+            fill = np.broadcast_to(x.reshape(x.shape[0], -1).mean(axis=1).astype(np.float32)[:, None, None], x.shape)
         copies = [None] + boxes  # None: the unoccluded image
         scores = np.empty(len(copies), np.float64)
         buf = np.empty((c.batch, *x.shape), np.float32)
@@ -136,7 +156,7 @@ class Occluder:
                 box = chunk[j] if j < len(chunk) else None
                 if box is not None:
                     y0, x0 = box
-                    buf[j, :, y0:y0 + w, x0:x0 + w] = fill
+                    buf[j, :, y0:y0 + w, x0:x0 + w] = fill[:, y0:y0 + w, x0:x0 + w]
             scores[i:i + len(chunk)] = log_odds(self.infer(buf))[:len(chunk)]
         base = float(scores[0])
         acc = np.zeros((s, s), np.float64)

@@ -12,7 +12,16 @@ import pytest
 from PIL import Image
 
 from edgecxr.errors import EdgeCXRError
-from edgecxr.explain import Occluder, OcclusionConfig, evidence, n_forwards, open_bundle_model, run_explain, windows
+from edgecxr.explain import (
+    Occluder,
+    OcclusionConfig,
+    box_blur,
+    evidence,
+    n_forwards,
+    open_bundle_model,
+    run_explain,
+    windows,
+)
 from edgecxr.explain_compare import compare_rows, pearson
 from edgecxr.imageio import load_grey
 from edgecxr.predict import predict
@@ -148,6 +157,20 @@ def test_budget_coarsens_the_grid(bundles):
     assert full.forwards == 170
     with pytest.raises(EdgeCXRError):
         OcclusionConfig(grid=2, window=2)
+    with pytest.raises(EdgeCXRError):
+        OcclusionConfig(fill="noise")
+
+
+def test_blur_fill(bundles):
+    """--fill blur hides detail but keeps brightness: another map from the same passes, same clean score."""
+    flat = np.full((3, 40, 40), 0.7, np.float32)
+    assert np.allclose(box_blur(flat, 6), 0.7)
+    m = open_bundle_model(bundles["nuc-fp32"])
+    x = preprocess_grey(load_grey(PNEU), m.pp)
+    mean = Occluder(m.infer, m.pp, COARSE).explain(x)
+    blur = Occluder(m.infer, m.pp, OcclusionConfig(grid=6, window=2, batch=8, fill="blur")).explain(x)
+    assert blur.score == pytest.approx(mean.score, abs=1e-5) and blur.forwards == mean.forwards
+    assert np.isfinite(blur.heat).all() and blur.heat.std() > 0 and not np.allclose(blur.heat, mean.heat)
 
 
 def test_compare_int8_fp32_and_flags(bundles, tmp_path):
