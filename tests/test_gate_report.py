@@ -75,7 +75,7 @@ def test_report(bundles, tmp_path):
 
 
 @pytest.mark.parametrize("cmd", ["data", "train", "evaluate", "targets", "calibrate", "export", "bench", "report",
-                                 "gate", "verify", "unpack", "predict"])
+                                 "gate", "verify", "unpack", "predict", "explain"])
 def test_every_command_has_help(cmd):
     p = run_cli(cmd, "--help")
     assert p.returncode == 0 and "Usage" in p.stdout

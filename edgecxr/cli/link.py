@@ -180,16 +180,17 @@ def remote_predict(
     baud: BaudOption = DEFAULT_BAUD,
     threads: Annotated[int | None, typer.Option(help="Threads")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON lines")] = False,
+    explain: Annotated[Path | None, typer.Option(help="Also make occlusion heatmaps on the board and bring the PNGs back into this folder")] = None,
 ):
     """Send X-rays to the board and classify them there: probability of pneumonia and the call at the
     bundle's threshold.
 
-    Example: edgecxr remote predict scan1.dcm scan2.jpeg --bundle rpi4-int8 --port /dev/ttyUSB0
+    Example: edgecxr remote predict scan1.dcm scan2.jpeg --bundle rpi4-int8 --port /dev/ttyUSB0 --explain heat/
     """
     from edgecxr.device.predict import format_rows
 
     with _client(port, baud) as client:
-        rows = predict_remote(client, images, bundle, threads)
+        rows = predict_remote(client, images, bundle, threads, explain=explain)
     for line in format_rows(rows, json_out):
         typer.echo(line)
     if any(r.get("error") for r in rows):

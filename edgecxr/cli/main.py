@@ -513,11 +513,17 @@ def predict(
     expect: Annotated[str | None, typer.Option(help="Refuse the bundle unless its digest is this (sha256:...)")] = None,
     max_pixels: MaxPixelsOption = None,
     force_anatomy: ForceAnatomyOption = False,
+    explain: Annotated[Path | None, typer.Option(help="Also write occlusion heatmaps here (PNG per image, index.html); see `edgecxr explain`")] = None,
 ):
     """Classify X-rays with a bundle: probability of pneumonia and the call at the bundle's threshold.
 
     Example: edgecxr predict dist/rpi4-int8 scan1.dcm scan2.jpeg
     """
+    if explain is not None:
+        from edgecxr.cli.explain import explain_predict
+
+        _intake(max_pixels, force_anatomy)
+        return explain_predict(bundle, images, explain, threads, json_out)
     from edgecxr.device.predict import format_rows
     from edgecxr.device.predict import predict as run_predict
 
@@ -569,6 +575,7 @@ def pipeline(
                                   recipe=recipe, threshold=threshold, train_device=train_device))
 
 
+from edgecxr.cli.explain import register as _register_explain  # noqa: E402
 from edgecxr.cli.link import register as _register_link  # noqa: E402
 from edgecxr.cli.prune import register as _register_prune  # noqa: E402
 from edgecxr.cli.sign import register as _register_sign  # noqa: E402
@@ -576,6 +583,7 @@ from edgecxr.cli.sign import register as _register_sign  # noqa: E402
 _register_prune(app)
 _register_sign(app)
 _register_link(app)
+_register_explain(app)
 
 
 def main() -> None:

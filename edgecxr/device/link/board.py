@@ -248,8 +248,14 @@ class BoardService:
             if not f.is_file():
                 raise DataError(f"no pushed image named '{n}' on this board (push it first)")
             files.append(f)
-        progress({"stage": "predicting", "bundle": path.name, "images": len(files)})
-        rows = predict(path, files, _int(params, "threads", None, 1))
+        if params.get("explain"):  # heatmaps too: written under the store, pulled by the host with `get`
+            from edgecxr.device.explain import explain_on_board
+
+            progress({"stage": "explaining", "bundle": path.name, "images": len(files)})
+            rows = explain_on_board(path, files, self.store, params["explain"], _int(params, "threads", None, 1))
+        else:
+            progress({"stage": "predicting", "bundle": path.name, "images": len(files)})
+            rows = predict(path, files, _int(params, "threads", None, 1))
         for name, row in zip(names, rows, strict=True):
             row["file"] = name
         return {"bundle": path.name, "predictions": rows}

@@ -197,9 +197,17 @@ def bench_remote(client: RemoteClient, bundle_dir: str | os.PathLike[str], resul
 
 
 def predict_remote(client: RemoteClient, images: list[Path], bundle: str, threads: int | None = None,
-                   echo: Echo = _say) -> list[dict[str, Any]]:
-    """Push ``images``, classify them on the board with ``bundle`` (an installed name, or a local folder)."""
+                   echo: Echo = _say, explain: Path | None = None,
+                   explain_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Push ``images``, classify them on the board with ``bundle`` (an installed name, or a local folder).
+
+    ``explain``: the board also makes occlusion heatmaps; their PNGs come back over the cable into
+    that folder (with index.html and explain.json)."""
     images = [Path(p) for p in images]
+    if explain is not None:
+        from edgecxr.device.explain import check_out
+
+        check_out(explain, False)
     if not images:
         raise EdgeCXRError("no images given")
     for p in images:
@@ -220,14 +228,38 @@ def predict_remote(client: RemoteClient, images: list[Path], bundle: str, thread
         name = bundle
     for p in images:
         push_file(client, p, meta={"kind": "image"}, echo=echo, quiet=True)
-    out = client.request("predict", {"bundle": name, "images": names, "threads": threads},
-                         on_progress=lambda p: echo(progress_line(p)))
+    req: dict[str, Any] = {"bundle": name, "images": names, "threads": threads}
+    if explain is not None:
+        req["explain"] = dict(explain_options or {}) or True
+    out = client.request("predict", req, on_progress=lambda p: echo(progress_line(p)))
     rows = out.get("predictions")
     if not isinstance(rows, list) or len(rows) != len(images):
         raise EdgeCXRError("the board answered predict with the wrong number of rows")
     for p, row in zip(images, rows, strict=True):
         row["file"] = str(p)
+    if explain is not None:
+        pull_heatmaps(client, rows, explain, name)
     return rows
+
+
+def pull_heatmaps(client: RemoteClient, rows: list[dict[str, Any]], out: Path, bundle: str) -> None:
+    """Fetch each row's heatmap PNG from the board's store; write them, index.html and explain.json into ``out``."""
+    import tempfile
+
+    from edgecxr.device.explain import pulled_page
+
+    pngs: dict[str, bytes] = {}
+    with tempfile.TemporaryDirectory(prefix=".edgecxr-pull-") as tmp:
+        for row in rows:
+            rel = row.get("png")
+            if not rel:
+                continue
+            name = Path(rel).name
+            got = client.pull(rel, Path(tmp) / str(len(pngs)))
+            pngs[name] = Path(got).read_bytes()
+            row["board_png"], row["png"] = rel, name
+            row.pop("heat", None)
+    pulled_page(rows, Path(out), pngs, f"edgecxr remote predict --explain: {bundle} (on the board), occlusion")
 
 
 def format_info(info: dict[str, Any]) -> list[str]:
