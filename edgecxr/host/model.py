@@ -121,14 +121,19 @@ def save_checkpoint(path: str | Path, model: nn.Module, arch: dict, preprocess: 
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _load_file(path: Path, what: str) -> Any:
+    """torch.load on the CPU; one line naming the file when it is missing or unreadable."""
+    if not path.exists():
+        raise EdgeCXRError(f"{what} not found", path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise EdgeCXRError(f"not a readable {what} ({e.__class__.__name__})", path) from None
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    if not path.exists():
-        raise EdgeCXRError("checkpoint not found", path)
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise EdgeCXRError(f"not a readable checkpoint ({e.__class__.__name__})", path) from None
+    blob = _load_file(path, "checkpoint")
     if not isinstance(blob, dict) or blob.get("format") != CKPT_FORMAT:
         raise EdgeCXRError("not an edgecxr checkpoint (no 'format: edgecxr-checkpoint' record)", path)
     if blob.get("version") != CKPT_VERSION:
@@ -158,12 +163,7 @@ def load_init_weights(model: nn.Module, path: str | Path) -> list[str]:
     Keys whose shapes do not fit (an ImageNet head, say) are skipped and returned.
     """
     path = Path(path)
-    if not path.exists():
-        raise EdgeCXRError("weights file not found", path)
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise EdgeCXRError(f"not a readable weights file ({e.__class__.__name__})", path) from None
+    blob = _load_file(path, "weights file")
     sd = blob.get("state_dict", blob) if isinstance(blob, dict) else None
     if not isinstance(sd, dict) or not sd:
         raise EdgeCXRError("no state dict in weights file", path)
