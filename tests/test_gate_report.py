@@ -8,7 +8,7 @@ import pytest
 from edgecxr.device.bench import BenchConfig, run, store, subject_from_bundle
 from edgecxr.device.bundle import file_table, write_manifest
 
-from .conftest import MINI, assert_clean_error, run_cli
+from .conftest import MINI, ROOT, assert_clean_error, run_cli
 
 
 def test_gate_passes_fp32_and_reports(bundles, tmp_path):
@@ -88,3 +88,17 @@ def test_targets_listing():
     assert p.returncode == 0
     for name in ("rpi4", "rpi5", "nuc", "jetson-orin-nano"):
         assert name in p.stdout
+
+
+def test_report_puts_the_int8_heatmap_table_beside_the_auc_drop(tmp_path):
+    """RESULTS.md carries explain.md's int8-vs-fp32 heatmap table when one sits beside it."""
+    from edgecxr.device.report import report
+
+    out = tmp_path / "RESULTS.md"
+    report(ROOT / "benchmarks" / "results", out)
+    assert "Where int8 looks" not in out.read_text()
+    table = "| int8 bundle | fp32 twin | images | r median |\n|---|---|---:|---:|\n| nuc-int8 | nuc-fp32 | 60 | 0.999 |"
+    (tmp_path / "explain.md").write_text(f"# x\n\n## Did int8 change where the model looks?\n\ntext\n\n{table}\n\nafter\n")
+    report(ROOT / "benchmarks" / "results", out)
+    text = out.read_text()
+    assert "## Where int8 looks" in text and table in text and "after" not in text.split("Where int8 looks")[1]

@@ -323,5 +323,29 @@ def report(results_dir: str | Path = "benchmarks/results", out: str | Path = "be
     for dev, recs in by_dev.items():
         plots[dev] = [p.relative_to(out.parent).as_posix() if p.is_relative_to(out.parent) else str(p)
                       for p in plot_device(dev, recs, plots_dir)]
-    atomic_write_text(out, render(by_dev, plots))
+    atomic_write_text(out, render(by_dev, plots) + explain_section(out.parent / "explain.md"))
     return out
+
+
+def explain_section(explain_md: Path) -> str:
+    """Beside the AUC drop, whether int8 still looks where fp32 does: the int8-vs-fp32 heatmap
+    correlation table of ``explain.md`` (written from `edgecxr explain --compare` runs), if present."""
+    try:
+        text = explain_md.read_text()
+    except OSError:
+        return ""
+    head = "## Did int8 change where the model looks?"
+    if head not in text:
+        return ""
+    table = []
+    for ln in text.split(head, 1)[1].splitlines():
+        if ln.startswith("|"):
+            table.append(ln)
+        elif table:
+            break
+    if not table:
+        return ""
+    return ("\n## Where int8 looks: heatmaps of int8 against its fp32 twin\n\n"
+            "Occlusion heatmaps on validation images (`edgecxr explain --compare`); r: correlation of the two maps "
+            f"per image. Details, commands and what the maps show: [{explain_md.name}]({explain_md.name}).\n\n"
+            + "\n".join(table) + "\n")
