@@ -126,7 +126,7 @@ def emulated() -> str | None:
 
 def default_device_name() -> str:
     """machine-cpu-cores-isa: records from an AVX2-only and a VNNI machine of one CPU family stay apart."""
-    model = re.sub(r"[^a-z0-9]+", "-", cpu_model().lower()).strip("-")
+    model = re.sub(r"[^a-z0-9]+", "-", cpu_model().split(" (emulated")[0].lower()).strip("-")
     model = re.sub(r"-(processor|cpu|with-radeon-graphics)$", "", model)[:40].strip("-")
     name = f"{platform.machine().lower()}-{model}-{cores()}c-{int8_isa()}"
     return f"{name}-emulated" if emulated() else name
