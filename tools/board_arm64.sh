@@ -9,7 +9,8 @@
 #                                             with the network cut (unshare -n)
 #   tools/board_arm64.sh refresh [WHEELHOUSE] rebuild the edgecxr wheel from this tree and swap it in (offline)
 #   tools/board_arm64.sh run CMD [ARG...]     run a command inside the board (the venv's bin first in PATH);
-#                                             the repo, /tmp and $EDGECXR_BOARD_BINDS are visible at the same paths
+#                                             the repo, /tmp and $EDGECXR_BOARD_BINDS are visible at the same paths,
+#                                             and the command starts in the caller's folder when it is one of them
 #   tools/board_arm64.sh path                 print the rootfs path (built or not)
 #
 # Cache: ${EDGECXR_CACHE:-~/.cache/edgecxr}/board-arm64-<hash of the rootfs pins>; rebuilt only when the
@@ -106,7 +107,7 @@ in_board() {
     binds="$REPO /tmp ${EDGECXR_BOARD_BINDS:-}"
     # shellcheck disable=SC2016
     unshare -m --propagation private sh -ec '
-        root=$1; ci=$2; binds=$3; shift 3
+        root=$1; ci=$2; binds=$3; shift 3; cwd=$PWD
         mount -t proc proc "$root/proc"
         mount --bind "$ci" "$root/proc/cpuinfo"
         mount --rbind /dev "$root/dev"
@@ -122,7 +123,7 @@ in_board() {
         exec chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM="${TERM:-dumb}" QEMU_CPU="$QEMU_CPU" \
             EDGECXR_EMULATED="qemu-user $QEMU_CPU" \
             PATH='"$VENV"'/bin:/usr/local/bin:/usr/bin:/bin PYTHONDONTWRITEBYTECODE=1 \
-            ${EDGECXR_BOARD_ENV:-} "$@"
+            ${EDGECXR_BOARD_ENV:-} /bin/sh -c '\''cd "$0" 2>/dev/null || cd /; exec "$@"'\'' "$cwd" "$@"
     ' board "$ROOT" "$ci" "$binds" "$@" || rc=$?
     rm -f "$ci"
     return $rc
