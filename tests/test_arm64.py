@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .conftest import MINI, ROOT, run_cli
+from .conftest import MINI, ROOT, assert_clean_error, run_cli
 
 SCRIPT = ROOT / "tools" / "board_arm64.sh"
 WHEELS = ROOT / "dist" / "board-wheels" / "all"
@@ -271,3 +271,14 @@ def test_emulated_board_on_a_serial_cable(bundles, tmp_path):
     assert "## x86-host" in host_part and "**Emulated** (qemu-user cortex-a76)" in emu_part
     emu_row = next(ln for ln in emu_part.splitlines() if ln.startswith(f"| {b.name} |"))
     assert emu_row.split("|")[5:8] == [" – ", " – ", " – "], emu_row
+
+
+@pytest.mark.slow
+def test_openvino_int8_on_a_pi4_core_is_a_clean_error_or_runs(bundles):
+    """OpenVINO's ARM plugin cannot run some int8 layers on a Cortex-A72 (no fp16 arithmetic, no dot
+    product): `predict` must say so in one line, not with a traceback (or run, once OpenVINO can)."""
+    p = board("edgecxr", "predict", bundles["nuc-int8"], IMAGES[0], cpu="cortex-a72")
+    if p.returncode == 0:
+        assert "p(pneumonia)=" in p.stdout
+    else:
+        assert_clean_error(p, "openvino: cannot run the model on this CPU")
