@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
 
-.PHONY: setup board-setup test demo pipeline lint clean ci-gate
+.PHONY: setup board-setup test demo pipeline lint clean ci-gate board-wheels board-arm64 test-arm64
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -61,3 +61,22 @@ ci-gate: setup
 	$(BIN)/edgecxr gate dist/ci/rpi4-int8 dist/ci/nuc-int8 dist/ci/jetson-orin-nano-int8 \
 		--stress dist/ci/stress --summary dist/ci/gate-summary.md --details dist/ci/gate.json \
 		$(foreach x,$(CI_EXPECT_FAIL),--expect-fail $(x))
+
+# An emulated arm64 board (Debian 12 bookworm arm64 under QEMU user-mode; needs root on a Debian/Ubuntu
+# host): `make board-wheels TARGET=rpi4` puts the edgecxr wheel and the board's dependency wheels
+# (manylinux aarch64, Python 3.11) in dist/board-wheels/rpi4, the folder a board with no network installs
+# from; `make board-arm64` builds or reuses the board (cache: $${EDGECXR_CACHE:-~/.cache/edgecxr}) and
+# installs edgecxr[rpi,nuc,jetson] into it from such a folder with pip --no-index, its network cut;
+# `make board-arm64 CMD='edgecxr verify dist/rpi4-int8'` runs a command inside it (QEMU_CPU=cortex-a72: a Pi 4).
+TARGET ?= all
+board-wheels: setup
+	$(BIN)/python tools/board_wheels.py $(TARGET) --out dist/board-wheels/$(TARGET)
+
+board-arm64:
+	$(MAKE) board-wheels TARGET=all
+	tools/board_arm64.sh rootfs
+	tools/board_arm64.sh install dist/board-wheels/all
+	$(if $(CMD),tools/board_arm64.sh run $(CMD))
+
+test-arm64: setup
+	$(BIN)/python -m pytest -q tests/test_arm64.py

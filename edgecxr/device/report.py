@@ -33,8 +33,15 @@ def latest_per_subject(records: list[dict[str, Any]]) -> dict[str, OrderedDict[s
     for r in sorted(records, key=lambda r: r["time"]):
         dev, isa = r["device"], _isa(r)
         key = dev if len(isas[dev]) == 1 or dev.endswith(f"-{isa}") else f"{dev}-{isa}"
+        if _emulated(r) and not key.endswith("-emulated"):  # never mixed with a real device's latency
+            key = f"{key}-emulated"
         out.setdefault(key, OrderedDict())[r["subject"]["name"]] = r
-    return out
+    # emulated devices last
+    return dict(sorted(out.items(), key=lambda kv: bool(_emulated(next(iter(kv[1].values()))))))
+
+
+def _emulated(r: dict[str, Any]) -> str | None:
+    return (r.get("device_facts") or {}).get("emulated")
 
 
 def _fmt(v, spec=".4f", none="–"):
@@ -67,9 +74,14 @@ def render(by_dev: dict[str, OrderedDict[str, dict[str, Any]]], plots: dict[str,
                 f"{f.get('board') or ''} {f['cpu_model']}, {f['cores']} cores, {f['machine']}, {f['os']}, "
                 f"Python {f['python']}; CPU flags: {', '.join(f.get('cpu_flags') or []) or 'n/a'}; int8: "
                 f"{INT8_ISA_NOTES.get(_isa(first), 'n/a')}.", "",
+                *([f"**Emulated** ({f['emulated']}): accuracy and agreement are this architecture's, latency is "
+                   "the emulator's and not comparable with any real device (left out below).", ""]
+                  if f.get("emulated") else []),
                 "| bundle | backend | precision | size MB | p50 ms | p90 ms | img/s | AUC [95% CI] | AUC drop vs fp32 | agreement | accuracy | sensitivity | specificity | runtime (device, precision, threads) |",
                 "|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|"]
         rows = [row(r) for r in recs.values()]
+        if f.get("emulated"):
+            rows = [{**x, "p50": None, "p90": None, "ips": None} for x in rows]
         for x in rows:
             ci = f" [{x['ci'][0]:.4f}, {x['ci'][1]:.4f}]" if x["ci"] else ""
             out.append(f"| {x['name']} | {x['backend']} | {x['precision']} | {x['size_mb']:.2f} | {_fmt(x['p50'], '.2f')} | "
@@ -297,7 +309,7 @@ def plot_device(dev: str, recs: OrderedDict[str, dict[str, Any]], out_dir: Path)
         return []
 
     paths = []
-    rows = [row(r) for r in recs.values() if (r.get("latency_ms") or {}).get("p50")]
+    rows = [row(r) for r in recs.values() if (r.get("latency_ms") or {}).get("p50") and not _emulated(r)]
     if rows:
         p = out_dir / f"{dev}-latency-size.png"
         _plot_latency_size(plt, dev, rows, p)

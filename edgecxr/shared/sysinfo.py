@@ -115,11 +115,21 @@ INT8_ISA_NOTES = {
 }
 
 
+def emulated() -> str | None:
+    """How this machine is emulated (e.g. "qemu-user cortex-a76"), or None for real hardware.
+
+    Set by the emulated arm64 board (tools/board_arm64.sh) in EDGECXR_EMULATED: its latency says
+    nothing about a real board's, and bench and report keep its records apart.
+    """
+    return os.environ.get("EDGECXR_EMULATED") or None
+
+
 def default_device_name() -> str:
     """machine-cpu-cores-isa: records from an AVX2-only and a VNNI machine of one CPU family stay apart."""
-    model = re.sub(r"[^a-z0-9]+", "-", cpu_model().lower()).strip("-")
+    model = re.sub(r"[^a-z0-9]+", "-", cpu_model().split(" (emulated")[0].lower()).strip("-")
     model = re.sub(r"-(processor|cpu|with-radeon-graphics)$", "", model)[:40].strip("-")
-    return f"{platform.machine().lower()}-{model}-{cores()}c-{int8_isa()}"
+    name = f"{platform.machine().lower()}-{model}-{cores()}c-{int8_isa()}"
+    return f"{name}-emulated" if emulated() else name
 
 
 def device_facts() -> dict[str, Any]:
@@ -137,6 +147,7 @@ def device_facts() -> dict[str, Any]:
         "mem_total_mb": mem_total_mb(),
         "os": platform.platform(),
         "python": sys.version.split()[0],
+        "emulated": emulated(),
     }
 
 

@@ -41,7 +41,13 @@ class OpenVINOBackend(Backend):
         self._device = device
 
     def run_raw(self, x: np.ndarray) -> np.ndarray:
-        res = self.req.infer({0: x}, share_inputs=True)
+        try:
+            res = self.req.infer({0: x}, share_inputs=True)
+        except RuntimeError as e:
+            # e.g. an int8 IR on an arm64 core the ARM plugin lacks kernels for (Cortex-A72: a layer
+            # "is not initialized"); OpenVINO's message ends with the reason
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            raise self.fail("cannot run the model on this CPU", RuntimeError(lines[-1] if lines else "")) from None
         return np.asarray(next(iter(res.values())))
 
     def info(self) -> BackendInfo:
