@@ -233,8 +233,14 @@ def test_npz_source(tmp_path):
     m = load_stress_manifest(out, verify=True)
     assert m["source_kind"] == "npz" and m["n_source_images"] == 6 and len(m["items"]) == 12
     assert len({it["path"] for it in m["items"]}) == 12
-    for g in ("jpeg-s2", "crop_pad-s2"):
-        assert len(scan(out / g, strict=True).items) == 6
+    from edgecxr.shared.errors import ImageReadError
+    from edgecxr.shared.intake import min_side
+
+    with pytest.raises(ImageReadError, match="28 x 28 pixels"):  # a 28 px PNG from a user is not an X-ray
+        scan(out / "jpeg-s2", strict=True)
+    with min_side(28):  # ...but the stress set's own images are as small as their MedMNIST source
+        for g in ("jpeg-s2", "crop_pad-s2"):
+            assert len(scan(out / g, strict=True).items) == 6
 
 
 def test_bad_inputs_are_clean_errors(tmp_path, stress_sets):

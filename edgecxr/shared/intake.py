@@ -25,7 +25,9 @@ range of BitsStored (through the modality LUT); MONOCHROME1 is inverted.  PNG: 8
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,6 +94,22 @@ def policy() -> Policy:
 
 
 # ---------------------------------------------------------------- size and frames
+@contextlib.contextmanager
+def min_side(side: int) -> Iterator[None]:
+    """Within the block, accept images down to ``side`` pixels on the short side: for images the
+    project wrote itself from a dataset of known small size (a stress set made from PneumoniaMNIST's
+    28 px arrays), never for files a user brings."""
+    had, old = "min_side" in _override, _override.get("min_side")
+    _override["min_side"] = int(side)
+    try:
+        yield
+    finally:
+        if had:
+            _override["min_side"] = old
+        else:
+            _override.pop("min_side", None)
+
+
 def check_size(width: int, height: int, frames: int, path: Path | str) -> None:
     """Refuse from the header: too many pixels (before decoding), too small, several frames."""
     p = policy()
