@@ -67,6 +67,63 @@ def test_saturating_recipe_is_recorded_as_such(tmp_path):
     assert "SATURATES" in m["conversion"]["quantization"]
 
 
+def test_jetson_default_keeps_the_stem_float_in_tensorrt_form_and_corrects_biases(bundles):
+    """The ONNX default: the first four convolutions stay float (no Q/DQ on their weights), every other
+    convolution and the classifier read int8 weights through DequantizeLinear, every zero point is 0
+    (TensorRT's explicit quantization), and the biases were corrected."""
+    import onnx
+
+    m = json.loads((bundles["jetson-int8"] / "manifest.json").read_text())
+    conv = m["conversion"]
+    from edgecxr.host.export.recipes import DEFAULTS
+
+    assert conv["recipe"]["name"] == DEFAULTS["onnxruntime"]
+    assert conv["recipe"]["params"]["float_stem"] == 4 and conv["recipe"]["params"]["bias_correction"] > 0
+    assert len(conv["float_nodes"]) == 4 and conv["bias_correction"]["layers"] > 40
+    g = onnx.load(str(bundles["jetson-int8"] / "model.onnx")).graph
+    producer = {o: n for n in g.node for o in n.output}
+    inits = {i.name for i in g.initializer}
+    convs = [n for n in g.node if n.op_type in ("Conv", "Gemm")]
+    float_w = [n.name for n in convs if n.input[1] in inits]
+    int8_w = [n.name for n in convs if producer.get(n.input[1]) is not None
+              and producer[n.input[1]].op_type == "DequantizeLinear"]
+    assert float_w == conv["float_nodes"] == [n.name for n in convs if n.op_type == "Conv"][:4]
+    assert len(int8_w) == len(convs) - 4
+    zps = [onnx.numpy_helper.to_array(i) for i in g.initializer if i.name.endswith("zero_point")]
+    assert zps and all(int(np.abs(z).max()) == 0 for z in zps)
+
+
+def test_bias_correction_removes_the_mean_shift_of_the_logits(tmp_path):
+    """On the images it was fitted on, the corrected int8 graph has (almost) the fp32 model's mean logits;
+    the same recipe without the correction does not."""
+    import onnxruntime as ort
+
+    from edgecxr.host.calibrate import load_calibration_set
+    from edgecxr.host.model import read_checkpoint
+    from edgecxr.shared.preprocess import PreprocessConfig, preprocess_grey
+
+    for q in ("minmax-rr", "minmax-rr-bc"):
+        p = run_cli("export", TINY, "--target", "jetson", "--precision", "int8", "--quant", q, "--data", MINI,
+                    "--calibration", CALIB, "--out", tmp_path / q)
+        assert p.returncode == 0, p.stderr
+    p = run_cli("export", TINY, "--target", "jetson", "--precision", "fp32", "--data", MINI,
+                "--calibration", CALIB, "--out", tmp_path / "fp32")
+    assert p.returncode == 0, p.stderr
+    pp = PreprocessConfig.from_dict(read_checkpoint(TINY)["preprocess"])
+    x = np.stack([preprocess_grey(g, pp) for g in load_calibration_set(CALIB).greys])
+
+    def mean_logits(folder: Path) -> np.ndarray:
+        s = ort.InferenceSession(str(next(folder.glob("*/model.onnx"))), providers=["CPUExecutionProvider"])
+        return s.run(None, {"input": x})[0].mean(axis=0)
+
+    ref = mean_logits(tmp_path / "fp32")
+    raw = np.abs(mean_logits(tmp_path / "minmax-rr") - ref).max()
+    fixed = np.abs(mean_logits(tmp_path / "minmax-rr-bc") - ref).max()
+    m = json.loads(next((tmp_path / "minmax-rr-bc").glob("*/manifest.json")).read_text())
+    assert m["conversion"]["bias_correction"]["images"] == 32
+    assert fixed < 0.5 * raw, (fixed, raw)
+
+
 # ------------------------------------------------------------------ the stress gate
 def _floor_calibration(dst: Path, floor: int) -> Path:
     """A deliberately poor calibration set: the calibration images with no pixel darker than ``floor``

@@ -63,16 +63,31 @@ def convert(model: torch.nn.Module, size: int, channels: int, calib: list[np.nda
         extra = {"ActivationSymmetric": True, "WeightSymmetric": True}
         if method == CalibrationMethod.Percentile:
             extra["CalibPercentile"] = float(rp.get("percentile", 99.999))
+        nodes = onnx.load(str(pre)).graph.node
         exclude = []
+        if rp.get("float_stem"):
+            # the first convolutions (the stem and, in MobileNetV2, the first depthwise layer) stay float:
+            # they see the image at full resolution, where int8 rounding of pixels and of 32 channels
+            # costs most (benchmarks/quantization.md); TensorRT runs them in fp16 inside the int8 engine
+            exclude += [n.name for n in nodes if n.op_type == "Conv"][:int(rp["float_stem"])]
+        exclude += [n.name for n in nodes if n.name in set(rp.get("float_nodes") or ())]  # named exclusions
         if rp.get("float_classifier"):
             # the last Gemm (the classifier) and its logits stay float: TensorRT runs an unquantized
             # layer in fp16/fp32 inside an explicitly quantized engine
-            exclude = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type in ("Gemm", "MatMul")][-1:]
+            exclude += [n.name for n in nodes if n.op_type in ("Gemm", "MatMul")][-1:]
         quantize_static(str(pre), str(out_dir / "model.onnx"), Reader(), quant_format=QuantFormat.QDQ,
                         nodes_to_exclude=exclude,
                         per_channel=True, reduce_range=bool(rp.get("reduce_range", True)),
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         calibrate_method=method, extra_options=extra)
+        if rp.get("bias_correction"):
+            from edgecxr.host.export.qdq_bias import correct_biases
+
+            q = onnx.load(str(out_dir / "model.onnx"))
+            pool = list(calib or [])  # evenly spaced over the set, so both classes are in it
+            bc_images = [pool[int(j)] for j in np.linspace(0, len(pool) - 1, min(len(pool), int(rp["bias_correction"])))]
+            details["bias_correction"] = correct_biases(q, onnx.load(str(pre)), bc_images)
+            onnx.save(q, str(out_dir / "model.onnx"))
         fp32.unlink()
         pre.unlink()
         for leftover in out_dir.glob("*.onnx.data"):
@@ -80,6 +95,8 @@ def convert(model: torch.nn.Module, size: int, channels: int, calib: list[np.nda
         details["quantization"] = f"{recipe.name}: {recipe.description}"
         details["recipe"] = recipe.to_dict()
         details["calibration_images"] = len(calib or [])
+        if exclude:
+            details["float_nodes"] = exclude
     m = onnx.load(str(out_dir / "model.onnx"))
     ops: dict[str, int] = {}
     for n in m.graph.node:
