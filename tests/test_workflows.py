@@ -2,7 +2,7 @@
 
 import json
 
-from .conftest import MINI, assert_clean_error, run_cli
+from .conftest import MINI, TINY, assert_clean_error, run_cli
 
 
 def test_pipeline_quick_end_to_end(tmp_path):
@@ -51,3 +51,18 @@ def test_pipeline_missing_source_is_a_clean_error(tmp_path):
     p = run_cli("pipeline", tmp_path / "nope", "--quick", "--out", tmp_path / "out")
     assert_clean_error(p, "nope")
     assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_demo_and_export_find_the_repository_from_any_folder(tmp_path):
+    """`make demo` reads the repository's models/, data/ and calibration/, and export reads targets/,
+    wherever it is started from (both broke silently when the modules moved a level down)."""
+    from edgecxr.host import workflows
+
+    root = workflows.ROOT
+    assert (root / "pyproject.toml").is_file() and (root / "targets").is_dir()
+    assert [m.tag for m in workflows.reference_models(root / "models")][:1] == ["mnv2"]
+    assert (root / "data" / "kermany224-val").is_dir() and (root / "calibration" / "kermany224").is_dir()
+    p = run_cli("export", TINY, "--target", "rpi", "--precision", "fp32", "--data", MINI,
+                "--out", tmp_path / "d", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "d" / "rpi4-fp32" / "manifest.json").is_file()

@@ -50,7 +50,7 @@ def targets_dir() -> Path:
     if env:
         return Path(env)
     here = Path(__file__).resolve().parent
-    for cand in (here.parent / "targets", here / "targets_data", Path.cwd() / "targets"):
+    for cand in (here.parents[1] / "targets", here / "targets_data", Path.cwd() / "targets"):  # repo: edgecxr/shared/..
         if cand.is_dir():
             return cand
     raise EdgeCXRError("no targets/ folder found; set EDGECXR_TARGETS to the folder of board profiles")
