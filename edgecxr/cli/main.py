@@ -320,7 +320,7 @@ def export(
     out: Annotated[Path, typer.Option("--out", "-o", help="Parent folder for bundles")] = Path("dist"),
     force: Annotated[bool, typer.Option(help="Replace an existing bundle")] = False,
     quant: Annotated[str | None, typer.Option(help="int8 recipe (default: the backend's measured winner; see benchmarks/quantization.md): "
-                                              "openvino minmax-bc|histogram-bc|nncf-ofix|nncf-default, onnxruntime minmax-rr-fs4-bc|minmax-rr-fs2|minmax-rr-bc|minmax-rr|minmax-rr-fpfc|percentile-rr|percentile-rr-fpfc|entropy-rr|minmax, "
+                                              "openvino minmax-bc|histogram-bc|nncf-ofix|nncf-default, onnxruntime percentile-rr-fs4-bc|minmax-rr-fs4-bc|minmax-rr-fs2|minmax-rr-bc|minmax-rr|minmax-rr-fpfc|percentile-rr|percentile-rr-fpfc|entropy-rr|minmax, "
                                               "litert pt2e-histogram|pt2e-minmax")] = None,
     calib_stress: Annotated[bool, typer.Option(help="Also calibrate on one seeded stress-corrupted copy of each calibration image")] = False,
     sign: Annotated[Path | None, typer.Option(help="Sign each bundle with this private key (from `edgecxr keys new`); "
