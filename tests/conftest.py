@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -27,6 +28,11 @@ NPZ = DATA / "pneumoniamnist_mini.npz"
 SHARED = ROOT.parent / "shared" / "data"
 
 os.environ.setdefault("EDGECXR_TARGETS", str(ROOT / "targets"))
+# A suite started in the background by a non-interactive shell (`cmd &`, nohup, some CI runners)
+# inherits SIGINT ignored, and so would every `edgecxr` it starts: the Ctrl-C tests could never stop
+# theirs. A handler here is reset to the default across exec, so the children see Ctrl-C again.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # the suite's bundles are unsigned: the developer's own trusted keys must not apply to them (the
 # signing tests set their own). A fresh, empty config folder for this session and its subprocesses.

@@ -108,9 +108,14 @@ def test_interrupted_bench_leaves_results_intact(bundles, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "edgecxr", "bench", str(bundles["rpi-fp32"]), "--data", str(MINI),
                              "--device", "box", "--results", str(results), "--iterations", "100000000"],
                             env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(15)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
+    try:
+        time.sleep(15)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:  # never leave a 10^8-iteration bench running behind a failed test
+            proc.kill()
+            proc.wait(30)
     assert proc.returncode == 130 and "Traceback" not in err and "interrupted" in err
     assert path.read_bytes() == before
 
