@@ -63,14 +63,16 @@ def convert(model: torch.nn.Module, size: int, channels: int, calib: list[np.nda
         extra = {"ActivationSymmetric": True, "WeightSymmetric": True}
         if method == CalibrationMethod.Percentile:
             extra["CalibPercentile"] = float(rp.get("percentile", 99.999))
-        nodes = onnx.load(str(pre)).graph.node
+        pre_model = onnx.load(str(pre))  # read once: node names for exclusions, fp32 reference for bias correction
+        nodes = pre_model.graph.node
         exclude = []
         if rp.get("float_stem"):
             # the first convolutions (the stem and, in MobileNetV2, the first depthwise layer) stay float:
             # they see the image at full resolution, where int8 rounding of pixels and of 32 channels
             # costs most (benchmarks/quantization.md); TensorRT runs them in fp16 inside the int8 engine
             exclude += [n.name for n in nodes if n.op_type == "Conv"][:int(rp["float_stem"])]
-        exclude += [n.name for n in nodes if n.name in set(rp.get("float_nodes") or ())]  # named exclusions
+        named = set(rp.get("float_nodes") or ())
+        exclude += [n.name for n in nodes if n.name in named and n.name not in exclude]  # named exclusions
         if rp.get("float_classifier"):
             # the last Gemm (the classifier) and its logits stay float: TensorRT runs an unquantized
             # layer in fp16/fp32 inside an explicitly quantized engine
@@ -86,7 +88,7 @@ def convert(model: torch.nn.Module, size: int, channels: int, calib: list[np.nda
             q = onnx.load(str(out_dir / "model.onnx"))
             pool = list(calib or [])  # evenly spaced over the set, so both classes are in it
             bc_images = [pool[int(j)] for j in np.linspace(0, len(pool) - 1, min(len(pool), int(rp["bias_correction"])))]
-            details["bias_correction"] = correct_biases(q, onnx.load(str(pre)), bc_images)
+            details["bias_correction"] = correct_biases(q, pre_model, bc_images)
             onnx.save(q, str(out_dir / "model.onnx"))
         fp32.unlink()
         pre.unlink()
