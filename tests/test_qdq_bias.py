@@ -62,3 +62,38 @@ def test_segmented_correction_equals_the_whole_graph_per_layer(qdq_pair):
     others = {i.name: i.SerializeToString() for i in q0.graph.initializer if i.name not in before}
     assert others == {i.name: i.SerializeToString() for i in fast.graph.initializer if i.name not in before}
     assert [n.SerializeToString() for n in fast.graph.node] == [n.SerializeToString() for n in q0.graph.node]
+
+
+def test_uint8_activations_correct_each_layer_against_its_convolution(qdq_pair, tmp_path):
+    """With asymmetric uint8 activations the quantizer drops the ReLU6 after a convolution and the
+    convolution writes the Clip's tensor name: the fp32 reference of every corrected layer must still be
+    that layer's own output (a Conv or Gemm in the fp32 model), not the activation after it; and the
+    correction must then shrink the int8 graph's mean logit error against fp32 on its images."""
+    import onnx
+    import onnxruntime as ort
+
+    from edgecxr.host.export.onnx import convert
+    from edgecxr.host.export.qdq_bias import _layers, correct_biases
+    from edgecxr.host.export.recipes import Recipe
+    from edgecxr.host.model import load_checkpoint
+
+    _, pre, calib = qdq_pair
+    model, meta = load_checkpoint(TINY)
+    convert(model, 64, 3, calib, "int8", tmp_path,
+            Recipe("u8", "onnxruntime", "test", {"calibrate_method": "minmax", "reduce_range": True, "activations": "u8"}))
+    q = onnx.load(str(tmp_path / "model.onnx"))
+    assert not [n for n in q.graph.node if n.op_type == "Clip"]  # the form this test is about
+    fp_op = {n.output[0]: n.op_type for n in pre.graph.node}
+    layers = _layers(q, pre)
+    assert len(layers) > 40 and all(fp_op[r] in ("Conv", "Gemm") for _, _, r, _, _ in layers)
+    assert any(t != r for _, t, r, _, _ in layers)  # some layers write the dropped Clip's tensor
+    x = np.stack(calib).astype(np.float32)
+
+    def mean_logits(m) -> np.ndarray:
+        s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        return s.run(None, {"input": x})[0].mean(axis=0)
+
+    ref = mean_logits(pre)
+    raw = np.abs(mean_logits(q) - ref).max()
+    correct_biases(q, pre, calib)
+    assert np.abs(mean_logits(q) - ref).max() < 0.5 * raw

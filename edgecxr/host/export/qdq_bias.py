@@ -70,21 +70,35 @@ def _channel_means(model_bytes: bytes, taps: Sequence[str], images: Sequence[np.
     return [a / n for a in sums or []]
 
 
-def _layers(qdq, fp32) -> list[tuple[int, str, object, object]]:
-    """(node index, output tensor, int32 bias initializer, bias scale initializer) of every
-    convolution and Gemm whose bias is int8-quantized, in graph order."""
+def _layers(qdq, fp32) -> list[tuple[int, str, str, object, object]]:
+    """(node index, its output tensor, the fp32 model's output tensor of the same layer, int32 bias
+    initializer, bias scale initializer) of every convolution and Gemm whose bias is int8-quantized,
+    in graph order.
+
+    A layer is found in the fp32 model by its output tensor; where the fp32 model makes that tensor
+    with another op, by node name: with asymmetric uint8 activations the quantizer drops a ReLU/Clip
+    after a convolution (the QuantizeLinear range clips instead) and the convolution then writes the
+    Clip's output tensor, which in the fp32 model holds the activation, not the convolution's output.
+    (A layer whose output the quantizer renamed, the classifier Gemm before quantized logits, is not
+    found and keeps its bias, as it always has.)"""
     g = qdq.graph
     inits = {i.name: i for i in g.initializer}
     producer = {o: n for n in g.node for o in n.output}
-    fp_tensors = {o for n in fp32.graph.node for o in n.output}
+    fp_by_name = {n.name: n for n in fp32.graph.node if n.name}
+    fp_by_output = {n.output[0]: n for n in fp32.graph.node if n.output}
     layers = []
     for k, n in enumerate(g.node):
-        if n.op_type not in ("Conv", "Gemm") or len(n.input) < 3 or n.output[0] not in fp_tensors:
+        if n.op_type not in ("Conv", "Gemm") or len(n.input) < 3:
+            continue
+        twin = fp_by_output.get(n.output[0])
+        if twin is not None and twin.op_type != n.op_type:
+            twin = fp_by_name.get(n.name) if n.name else None
+        if twin is None or twin.op_type != n.op_type:
             continue
         dq = producer.get(n.input[2])
         if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits or dq.input[1] not in inits:
             continue  # a layer left in float (its bias is float too) needs no correction
-        layers.append((k, n.output[0], inits[dq.input[0]], inits[dq.input[1]]))
+        layers.append((k, n.output[0], twin.output[0], inits[dq.input[0]], inits[dq.input[1]]))
     return layers
 
 
@@ -172,15 +186,15 @@ def correct_biases(qdq, fp32, images: Sequence[np.ndarray],
     layers = _layers(qdq, fp32)
     if not layers or not images:
         return {"layers": 0, "images": len(images)}
-    taps = [t for _, t, _, _ in layers]
-    ref = _channel_means(_with_outputs(fp32, taps), taps, images, as_graph=False, batch=batch)
-    segs = _segments(qdq.graph, [k for k, _, _, _ in layers], taps)
+    taps, ref_taps = [t for _, t, _, _, _ in layers], [r for _, _, r, _, _ in layers]
+    ref = _channel_means(_with_outputs(fp32, ref_taps), ref_taps, images, as_graph=False, batch=batch)
+    segs = _segments(qdq.graph, [k for k, _, _, _, _ in layers], taps)
     last_use = {t: i for i, s in enumerate(segs) for t in s.inputs}
     name = qdq.graph.input[0].name
     x = np.stack(images).astype(np.float32)
     arrays: dict[str, np.ndarray] = {name: x}
     shift_before = []
-    for i, (seg, (_, _, bq, bs)) in enumerate(zip(segs, layers, strict=True)):
+    for i, (seg, (_, _, _, bq, bs)) in enumerate(zip(segs, layers, strict=True)):
         s = _session(_segment_model(qdq, seg, arrays), as_graph=True)
         wanted = list(dict.fromkeys([seg.tap, *seg.keep]))
         sums: list[np.ndarray] | None = None
@@ -208,10 +222,10 @@ def correct_biases_reference(qdq, fp32, images: Sequence[np.ndarray], batch: int
     layers = _layers(qdq, fp32)
     if not layers or not images:
         return {"layers": 0, "images": len(images)}
-    taps = [t for _, t, _, _ in layers]
-    ref = _channel_means(_with_outputs(fp32, taps), taps, images, as_graph=False, batch=batch)
+    ref_taps = [r for _, _, r, _, _ in layers]
+    ref = _channel_means(_with_outputs(fp32, ref_taps), ref_taps, images, as_graph=False, batch=batch)
     shift_before = []
-    for i, (_, tap, bq, bs) in enumerate(layers):
+    for i, (_, tap, _, bq, bs) in enumerate(layers):
         cur = _channel_means(_with_outputs(qdq, [tap]), [tap], images, as_graph=True, batch=batch)[0]
         shift_before.append(_correct(i, ref[i], cur, bq, bs))
     return {"layers": len(layers), "images": len(images),
