@@ -384,6 +384,7 @@ def bench(
     reference: Annotated[Path | None, typer.Option(help="fp32 twin bundle: pair with it on the same images (a site's own --data), paired AUC drop, DeLong p, flipped files")] = None,
     max_pixels: MaxPixelsOption = None,
     force_anatomy: ForceAnatomyOption = False,
+    floor: Annotated[bool, typer.Option("--floor", help="Also measure this machine's compute floor (numpy SGEMM) for the report's p50/floor ratios")] = False,
 ):
     """Benchmark bundles on this board: size, latency (p50/p90/p99), cold start, memory, AUC and
     the AUC drop against the float model on the identical images. Appends one record per bundle
@@ -416,7 +417,7 @@ def bench(
     for s in subjects:
         cfg = BenchConfig(warmup=warmup, iterations=iterations, time_budget_s=time_budget, batch=batch,
                           extra_batch=extra_batch, threads=threads, max_images=max_images,
-                          accuracy=not s.name.startswith("baseline-"), options=opts)
+                          accuracy=not s.name.startswith("baseline-"), options=opts, floor=floor)
         twin = reference if reference is not None and s.meta.get("bundle") and s.precision != "fp32" else None
         rec = run(s, data, cfg, device, log=info, reference=twin)
         path = None if no_store else store(rec, results)

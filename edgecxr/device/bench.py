@@ -43,6 +43,7 @@ class BenchConfig:
     accuracy: bool = True
     latency: bool = True
     options: dict[str, Any] = field(default_factory=dict)  # backend option overrides
+    floor: bool = False  # also measure this machine's compute floor (edgecxr.device.floor, about 2 s)
 
 
 def subject_from_bundle(path: str | Path) -> Subject:
@@ -56,6 +57,7 @@ def subject_from_bundle(path: str | Path) -> Subject:
         meta={"bundle": str(path), "manifest_sha256": sha256_file(Path(path) / "manifest.json"),
               "source_checkpoint_sha256": (m.get("source") or {}).get("checkpoint_sha256"),
               "calibration_sha256": (m.get("calibration") or {}).get("sha256"),
+              "flops": (m.get("compute") or {}).get("flops"),
               "export_check": {k: v for k, v in (m.get("export_check") or {}).items() if k != "runtime"}},
         default_threads=prof.get("threads"), data_hint=(m.get("reference") or {}).get("data"),
     )
@@ -219,6 +221,10 @@ def run(subject: Subject, data: str | Path | None = None, cfg: BenchConfig | Non
                   "order": "sorted by relative path"} if imgs is not None else None),
         "accuracy": acc, "vs_float": paired,
     }
+    if cfg.floor and cfg.latency:
+        from edgecxr.device.floor import measure
+
+        record["compute_floor"] = measure(threads, facts["int8_isa"])
     return record
 
 

@@ -91,6 +91,8 @@ def render(by_dev: dict[str, OrderedDict[str, dict[str, Any]]], plots: dict[str,
         ratios = ratio_lines(rows)
         if ratios:
             out += ["", "Ratios measured in the same run on this device:", ""] + [f"- {r}" for r in ratios]
+        if not f.get("emulated"):
+            out += floor_lines(list(recs.values()))
         for p in plots.get(dev, []):
             out += ["", f"![{Path(p).stem}]({p})"]
         out.append("")
@@ -112,6 +114,28 @@ def ratio_lines(rows: list[dict[str, Any]]) -> list[str]:
             lines.append(f"{x['name']} vs {h['name']}: latency {x['p50'] / h['p50']:.2f}x "
                          f"({(1 - x['p50'] / h['p50']) * 100:.0f}% faster), size {x['size_mb'] / h['size_mb']:.3f}x")
     return lines
+
+
+def floor_lines(recs: list[dict[str, Any]]) -> list[str]:
+    """Each bundle's p50 against this machine's compute floor (``edgecxr.device.floor``): its model's
+    FLOPs at the SGEMM rate measured in the same run (fp32) or at the int8 peak derived from it."""
+    from edgecxr.device.floor import floor_ms
+
+    lines = []
+    for r in recs:
+        fl, flops, p50 = r.get("compute_floor"), r["subject"].get("flops"), (r.get("latency_ms") or {}).get("p50")
+        ms = floor_ms(flops, fl, r["subject"]["precision"])
+        if ms and p50:
+            rate = f"{fl['int8_gops']:.0f} int8 GOP/s" if r["subject"]["precision"] == "int8" else \
+                f"{fl['sgemm_gflops']:.0f} GFLOP/s"
+            lines.append(f"| {r['subject']['name']} | {r['subject']['precision']} | {flops / 1e9:.3f} | {rate} | "
+                         f"{ms:.2f} | {p50:.2f} | {p50 / ms:.1f}x |")
+    if not lines:
+        return []
+    return ["", "Latency against this machine's compute floor (numpy SGEMM, measured in the same bench run; int8 peak "
+                "= SGEMM x int8 MACs per fp32 FMA of the instruction set, a derived upper bound):", "",
+            "| bundle | precision | GFLOP per image | peak | floor ms | p50 ms | p50 / floor |",
+            "|---|---|---:|---|---:|---:|---:|", *lines]
 
 
 # Plot styles shared by the latency and ROC pictures: colour = precision (Okabe-Ito, safe for the

@@ -92,7 +92,7 @@ def bench_all(bundles: list[Path], eval_dir: Path | None, results: Path, device:
     recs = []
     subjects = [subject_from_bundle(b) for b in bundles] + list(extra or [])
     for s in subjects:
-        cfg = BenchConfig(warmup=10, iterations=iterations, accuracy=not s.name.startswith("baseline-"))
+        cfg = BenchConfig(warmup=10, iterations=iterations, accuracy=not s.name.startswith("baseline-"), floor=True)
         t = time.time()
         rec = run(s, eval_dir, cfg, device, log=log)
         store(rec, results)

@@ -206,6 +206,7 @@ def export_bundle(checkpoint: str | Path, target: str | Target, precision: str |
             "calibration": calib_info,
             "versions": {"edgecxr": __version__, **res.converter, **_torch_versions()},
             "conversion": res.details,
+            "compute": model_compute(model, pp.channels, pp.size),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "files": file_table(tmp, res.files),
         }
@@ -246,6 +247,19 @@ def export_bundle(checkpoint: str | Path, target: str | Target, precision: str |
                "model_bytes": sum(f["bytes"] for f in manifest["files"].values()),
                "export_seconds": round(time.time() - t0, 2), **check}
     return summary
+
+
+def model_compute(model, channels: int, size: int) -> dict[str, Any]:
+    """FLOPs of one image through the float model (torch's own counter: convolutions and matmuls,
+    2 per multiply-accumulate), for the report's latency-against-compute-floor ratios."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.inference_mode(), FlopCounterMode(display=False) as fc:
+        model.eval()(torch.zeros(1, channels, size, size))
+    flops = int(fc.get_total_flops())
+    return {"flops": flops, "macs": flops // 2, "input": [1, channels, size, size],
+            "counted_by": f"torch.utils.flop_counter (torch {torch.__version__})"}
 
 
 def _torch_versions() -> dict[str, str]:

@@ -60,7 +60,11 @@ def convert(model: torch.nn.Module, size: int, channels: int, calib: list[np.nda
         rp = recipe.params
         method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                   "entropy": CalibrationMethod.Entropy}[rp.get("calibrate_method", "minmax")]
-        extra = {"ActivationSymmetric": True, "WeightSymmetric": True}
+        # activations: "s8" (default) symmetric int8, zero point 0, TensorRT's explicit-quantization form;
+        # "u8" asymmetric uint8, the form ONNX Runtime's CPU kernels (MLAS: u8 x s8) run fastest
+        u8 = rp.get("activations", "s8") == "u8"
+        fmt = QuantFormat.QOperator if rp.get("format", "qdq") == "qoperator" else QuantFormat.QDQ
+        extra = {"ActivationSymmetric": not u8, "WeightSymmetric": True}
         if method == CalibrationMethod.Percentile:
             extra["CalibPercentile"] = float(rp.get("percentile", 99.999))
         pre_model = onnx.load(str(pre))  # read once: node names for exclusions, fp32 reference for bias correction
@@ -77,10 +81,10 @@ def convert(model: torch.nn.Module, size: int, channels: int, calib: list[np.nda
             # the last Gemm (the classifier) and its logits stay float: TensorRT runs an unquantized
             # layer in fp16/fp32 inside an explicitly quantized engine
             exclude += [n.name for n in nodes if n.op_type in ("Gemm", "MatMul")][-1:]
-        quantize_static(str(pre), str(out_dir / "model.onnx"), Reader(), quant_format=QuantFormat.QDQ,
+        quantize_static(str(pre), str(out_dir / "model.onnx"), Reader(), quant_format=fmt,
                         nodes_to_exclude=exclude,
                         per_channel=True, reduce_range=bool(rp.get("reduce_range", True)),
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        activation_type=QuantType.QUInt8 if u8 else QuantType.QInt8, weight_type=QuantType.QInt8,
                         calibrate_method=method, extra_options=extra)
         if rp.get("bias_correction"):
             from edgecxr.host.export.qdq_bias import correct_biases
