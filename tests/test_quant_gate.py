@@ -26,6 +26,10 @@ def test_default_recipes_are_saturation_safe(bundles):
 
     for backend, name in DEFAULTS.items():
         assert get_recipe(backend).saturation_safe, name
+    from edgecxr.shared.targets import all_targets
+
+    for t in all_targets().values():  # a profile's own recipe (the ONNX Runtime CPU boards) too
+        assert get_recipe(t.backend, t.quant or None).saturation_safe, (t.name, t.quant)
     for key in ("rpi-int8", "nuc-int8", "jetson-int8"):
         m = json.loads((bundles[key] / "manifest.json").read_text())
         r = m["conversion"]["recipe"]
@@ -91,6 +95,43 @@ def test_jetson_default_keeps_the_stem_float_in_tensorrt_form_and_corrects_biase
     assert len(int8_w) == len(convs) - 4
     zps = [onnx.numpy_helper.to_array(i) for i in g.initializer if i.name.endswith("zero_point")]
     assert zps and all(int(np.abs(z).max()) == 0 for z in zps)
+
+
+@pytest.mark.parametrize("target", ["x86-ort", "arm64-ort"])
+def test_cpu_onnx_profiles_get_the_uint8_form_that_runs_on_integer_kernels(target, tmp_path):
+    """ONNX Runtime on a CPU: uint8 activations x int8 weights within 7 bits (no 16-bit saturation on AVX2),
+    the profile's recipe recorded, and at load ONNX Runtime fuses every int8 convolution into an integer
+    kernel (QLinearConv), which the Jetson file's symmetric int8 activations do not get on a CPU."""
+    import onnx
+    import onnxruntime as ort
+
+    from edgecxr.host.export.recipes import get_recipe
+    from edgecxr.shared.targets import get_target
+
+    p = run_cli("export", TINY, "--target", target, "--precision", "int8", "--data", MINI, "--calibration", CALIB,
+                "--out", tmp_path)
+    assert p.returncode == 0, p.stderr
+    b = tmp_path / f"{target}-int8"
+    m = json.loads((b / "manifest.json").read_text())
+    r = get_recipe("onnxruntime", get_target(target).quant)
+    assert m["conversion"]["recipe"] == r.to_dict() and r.saturation_safe and r.params["activations"] == "u8"
+    assert m["export_check"]["label_agreement"] >= 0.9 and m["conversion"]["bias_correction"]["layers"] > 40
+    g = onnx.load(str(b / "model.onnx")).graph
+    inits = {i.name: i for i in g.initializer}
+    qs = [n for n in g.node if n.op_type == "QuantizeLinear"]
+    assert qs and all(inits[n.input[2]].data_type == onnx.TensorProto.UINT8 for n in qs)
+    ws = [onnx.numpy_helper.to_array(i) for i in g.initializer
+          if i.data_type == onnx.TensorProto.INT8 and not i.name.endswith("zero_point")]
+    assert len(ws) > 40 and max(int(np.abs(w).max()) for w in ws) <= 64
+    convs = [n for n in g.node if n.op_type == "Conv"]
+    stem = r.params["float_stem"]
+    assert [n.name for n in convs if n.input[1] in inits] == m["conversion"]["float_nodes"] == [n.name for n in convs[:stem]]
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.optimized_model_filepath = str(tmp_path / "fused.onnx")
+    ort.InferenceSession(str(b / "model.onnx"), so, providers=["CPUExecutionProvider"])
+    fused = [n.op_type for n in onnx.load(str(tmp_path / "fused.onnx")).graph.node]
+    assert fused.count("QLinearConv") == len(convs) - stem  # every int8 convolution on an integer kernel
 
 
 def test_bias_correction_removes_the_mean_shift_of_the_logits(tmp_path):
@@ -278,3 +319,51 @@ def test_records_carry_the_isa_and_report_keeps_cpu_kinds_apart(bundles, tmp_pat
     text = out.read_text()
     assert "## x86_64-amd-epyc-2c-avx2" in text and "## x86_64-amd-epyc-2c-avx512vnni" in text
     assert "saturate" in text and "32-bit int8 accumulation" in text
+
+
+_LOGITS = """
+import sys, numpy as np, onnxruntime as ort
+so = ort.SessionOptions(); so.intra_op_num_threads = 1; so.log_severity_level = 3
+x = np.load(sys.argv[2])
+np.save(sys.argv[3], ort.InferenceSession(sys.argv[1], so, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0])
+"""
+
+
+def test_cpu_onnx_file_computes_the_same_on_avx2_without_vnni(tmp_path):
+    """The x86-ort int8 file on an AVX2 CPU without VNNI (QEMU user mode emulating a Haswell, whose u8 x s8
+    kernels add pairs in 16 bits) gives the logits this machine gives: its 7-bit weights cannot saturate.
+    On a VNNI host the same form with 8-bit weights is run as a control: it must differ there, or the
+    emulated CPU did not take the AVX2 kernels and the test proves nothing."""
+    import platform
+    import subprocess
+    import sys
+
+    from edgecxr.host.calibrate import load_calibration_set
+    from edgecxr.host.model import read_checkpoint
+    from edgecxr.shared.preprocess import PreprocessConfig, preprocess_grey
+    from edgecxr.shared.sysinfo import int8_isa
+
+    qemu = shutil.which("qemu-x86_64-static")
+    if platform.machine() != "x86_64" or not qemu:
+        pytest.skip("needs an x86-64 host with qemu-user-static (installed with the emulated arm64 board)")
+    files = {}
+    for name, extra in (("x86-ort", ()), ("rr0", ("--quant", "u8-minmax"))):
+        if extra and int8_isa() == "avx2":
+            continue  # the host itself is AVX2-only: nothing to contrast with
+        out = tmp_path / name
+        p = run_cli("export", TINY, "--target", "x86-ort", "--precision", "int8", "--data", MINI, "--calibration",
+                    CALIB, "--out", out, *extra)
+        assert p.returncode == 0, p.stderr
+        files[name] = out / "x86-ort-int8" / "model.onnx"
+    pp = PreprocessConfig.from_dict(read_checkpoint(TINY)["preprocess"])
+    np.save(tmp_path / "x.npy", np.stack([preprocess_grey(g, pp) for g in load_calibration_set(CALIB).greys]))
+    (tmp_path / "logits.py").write_text(_LOGITS)
+    diff = {}
+    for name, f in files.items():
+        for how, pre in (("here", []), ("haswell", [qemu, "-cpu", "Haswell"])):
+            subprocess.run([*pre, sys.executable, tmp_path / "logits.py", f, tmp_path / "x.npy",
+                            tmp_path / f"{name}-{how}.npy"], check=True, capture_output=True, timeout=600)
+        diff[name] = float(np.abs(np.load(tmp_path / f"{name}-here.npy") - np.load(tmp_path / f"{name}-haswell.npy")).max())
+    assert diff["x86-ort"] < 1e-4, diff
+    if "rr0" in diff:
+        assert diff["rr0"] > 0.05, diff

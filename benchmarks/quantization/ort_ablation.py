@@ -39,6 +39,16 @@ VARIANTS = {  # name -> recipe params beyond {"calibrate_method": "minmax", "red
     "minmax-rr-fs4-bc": {"float_stem": 4, "bias_correction": 64},
     "percentile-rr-fs4-bc": {"calibrate_method": "percentile", "percentile": 99.999, "float_stem": 4,
                              "bias_correction": 64},
+    # ONNX Runtime on a CPU (issue 28): asymmetric uint8 activations (MLAS's u8 x s8 kernels), 7-bit weights
+    "u8-minmax-rr-bc": {"activations": "u8", "bias_correction": 64},
+    "u8-percentile-rr-bc": {"activations": "u8", "calibrate_method": "percentile", "percentile": 99.999,
+                            "bias_correction": 64},
+    "u8-percentile-rr-fs1-bc": {"activations": "u8", "calibrate_method": "percentile", "percentile": 99.999,
+                                "float_stem": 1, "bias_correction": 64},
+    "u8-percentile-rr-fs2-bc": {"activations": "u8", "calibrate_method": "percentile", "percentile": 99.999,
+                                "float_stem": 2, "bias_correction": 64},
+    "u8-percentile-rr-fs4-bc": {"activations": "u8", "calibrate_method": "percentile", "percentile": 99.999,
+                                "float_stem": 4, "bias_correction": 64},
 }
 
 

@@ -111,6 +111,31 @@ _RECIPES: list[Recipe] = [
     Recipe("entropy-rr", "onnxruntime",
            "as minmax-rr, activation ranges by KL divergence (TensorRT's classic entropy calibration)",
            {"calibrate_method": "entropy", "reduce_range": True}),
+    # ONNX Runtime on a CPU (targets/arm64-ort.toml, x86-ort.toml; benchmarks/ort-int8-cpu.md): asymmetric uint8
+    # activations x 7-bit int8 weights, the u8 x s8 form MLAS's integer kernels take (the symmetric int8
+    # activations above fall back to float kernels on a CPU and run slower than fp32). QDQ: ONNX Runtime fuses
+    # it into the same integer kernels as a QOperator file at load, and the biases stay correctable.
+    Recipe("u8-percentile-rr-fs2-bc", "onnxruntime",
+           "ORT static QDQ for CPUs: asymmetric uint8 activations (99.999th percentile ranges), per-channel "
+           "7-bit int8 weights (reduce_range), the first two convolutions (stem and first depthwise) in float, "
+           "int32 biases corrected layer by layer on 64 calibration images",
+           {"activations": "u8", "calibrate_method": "percentile", "percentile": 99.999, "reduce_range": True,
+            "float_stem": 2, "bias_correction": 64}),
+    Recipe("u8-percentile-rr-fs1-bc", "onnxruntime",
+           "as u8-percentile-rr-fs2-bc, with only the first convolution in float",
+           {"activations": "u8", "calibrate_method": "percentile", "percentile": 99.999, "reduce_range": True,
+            "float_stem": 1, "bias_correction": 64}),
+    Recipe("u8-percentile-rr-bc", "onnxruntime",
+           "as u8-percentile-rr-fs2-bc, every convolution int8",
+           {"activations": "u8", "calibrate_method": "percentile", "percentile": 99.999, "reduce_range": True,
+            "bias_correction": 64}),
+    Recipe("u8-minmax-rr-bc", "onnxruntime",
+           "as u8-percentile-rr-bc, activation ranges = calibrated min/max",
+           {"activations": "u8", "calibrate_method": "minmax", "reduce_range": True, "bias_correction": 64}),
+    Recipe("u8-minmax", "onnxruntime",
+           "ORT static QDQ, asymmetric uint8 activations with 8-bit weights, MinMax calibration; SATURATES on "
+           "x86 without VNNI (kept to show what the 7-bit weights of the u8 recipes buy)",
+           {"activations": "u8", "calibrate_method": "minmax", "reduce_range": False}, saturation_safe=False),
     Recipe("minmax", "onnxruntime",
            "ORT static QDQ with 8-bit weights, MinMax calibration; SATURATES on x86 without VNNI",
            {"calibrate_method": "minmax", "reduce_range": False}, saturation_safe=False),
