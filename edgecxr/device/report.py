@@ -129,7 +129,7 @@ def floor_lines(recs: list[dict[str, Any]]) -> list[str]:
             rate = f"{fl['int8_gops']:.0f} int8 GOP/s" if r["subject"]["precision"] == "int8" else \
                 f"{fl['sgemm_gflops']:.0f} GFLOP/s"
             lines.append(f"| {r['subject']['name']} | {r['subject']['precision']} | {flops / 1e9:.3f} | {rate} | "
-                         f"{ms:.2f} | {p50:.2f} | {p50 / ms:.1f}x |")
+                         f"{ms:.3g} | {p50:.3g} | {p50 / ms:.1f}x |")
     if not lines:
         return []
     return ["", "Latency against this machine's compute floor (numpy SGEMM, measured in the same bench run; int8 peak "
