@@ -5,12 +5,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
 
-.PHONY: setup board-setup test demo pipeline lint clean ci-gate board-wheels board-arm64 test-arm64
+.PHONY: setup serve-deps board-setup test demo pipeline lint clean ci-gate board-wheels board-arm64 test-arm64
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[train,dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[train,dev,serve]'
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
@@ -32,8 +32,15 @@ board-setup: $(BOARD_STAMP)
 # make test also builds (first time, ~25 min) or reuses the emulated arm64 board for tests/test_arm64.py;
 # ARM64=0 leaves it out (those tests then skip, except under CI=true where they fail).
 ARM64 ?= 1
-test: setup board-setup $(if $(filter 1,$(ARM64)),board-arm64)
+test: setup serve-deps board-setup $(if $(filter 1,$(ARM64)),board-arm64)
 	$(BIN)/python -m pytest -q
+
+# The DICOM peers tests/serve talks to (dcmtk's storescu/echoscu, Orthanc as the PACS, dicom3tools'
+# dciodvfy for every SR), from Debian, installed where missing.
+SERVE_APT := dcmtk orthanc dicom3tools
+serve-deps:
+	@command -v storescu >/dev/null && command -v Orthanc >/dev/null && command -v dciodvfy >/dev/null || \
+		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(SERVE_APT); }
 
 lint: setup
 	$(BIN)/ruff check edgecxr tests benchmarks
