@@ -579,12 +579,14 @@ def pipeline(
 from edgecxr.cli.explain import register as _register_explain  # noqa: E402
 from edgecxr.cli.link import register as _register_link  # noqa: E402
 from edgecxr.cli.prune import register as _register_prune  # noqa: E402
+from edgecxr.cli.serve import register as _register_serve  # noqa: E402
 from edgecxr.cli.sign import register as _register_sign  # noqa: E402
 
 _register_prune(app)
 _register_sign(app)
 _register_link(app)
 _register_explain(app)
+_register_serve(app)
 
 
 def main() -> None:

@@ -1,0 +1,130 @@
+"""The spool: every received instance on disk, durably, before its C-STORE success goes back.
+
+Layout under the spool folder::
+
+    incoming/000000000042.dcm   received, not yet read (sequence number = arrival order)
+    done/000000000042.dcm       read (or refused); its result is durable
+    sr/<SR UID>.dcm             the reports written
+    outbox/<seq>-<SR UID>.dcm   reports not yet delivered to the PACS (hard links into sr/)
+    sources/<source UID>.json   one record per source instance that got a reading (exactly one SR)
+    results.jsonl               one JSON line per instance (UIDs only, no patient name)
+
+A write is a temp file in ``incoming/`` (a dot name the worker never takes), fsync of the file,
+rename, fsync of the folder: after that the instance survives ``kill -9`` and a power cut, and only
+then does the receiver answer 0x0000.  Before writing, the size of what waits in ``incoming/`` plus
+this instance is compared with the limit; over it, nothing is written and the receiver answers
+0xA700 (out of resources).  A disk that fills during the write removes the temp file, same answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import threading
+from pathlib import Path
+
+SEQ_RE = re.compile(r"^(\d{12})\.dcm$")
+
+
+class SpoolFull(Exception):
+    """No room for this instance (the size limit or the disk): the C-STORE answer is 0xA700."""
+
+
+def fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def durable_write(path: Path, data: bytes) -> None:
+    """Temp file in the same folder, fsync, rename, fsync the folder."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+class Spool:
+    def __init__(self, root: str | Path, limit_bytes: int):
+        self.root = Path(root)
+        self.limit = int(limit_bytes)
+        self.incoming, self.done = self.root / "incoming", self.root / "done"
+        self.sr, self.outbox, self.sources = self.root / "sr", self.root / "outbox", self.root / "sources"
+        for d in (self.root, self.incoming, self.done, self.sr, self.outbox, self.sources):
+            d.mkdir(parents=True, exist_ok=True)
+        self.results = self.root / "results.jsonl"
+        self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
+        # temp files of a writer that died before its rename: never acknowledged, so never read
+        for p in self.incoming.glob(".*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+        self._seq = max((int(m.group(1)) for d in (self.incoming, self.done) for p in d.iterdir()
+                         if (m := SEQ_RE.match(p.name))), default=0)
+        self._pending = sum(p.stat().st_size for p in self.pending())
+
+    def pending(self) -> list[Path]:
+        """Spooled instances not yet read, in arrival order."""
+        return sorted(p for p in self.incoming.iterdir() if SEQ_RE.match(p.name))
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._pending
+
+    def put(self, data: bytes) -> Path:
+        """Store one received instance (preamble, file meta and dataset); raise SpoolFull if no room."""
+        with self._lock:
+            if self._pending + len(data) > self.limit:
+                raise SpoolFull(f"spool holds {self._pending} bytes; {len(data)} more is over the limit of {self.limit}")
+            self._seq += 1
+            seq = self._seq
+            self._pending += len(data)  # reserved while writing, so parallel associations cannot overshoot
+        path = self.incoming / f"{seq:012d}.dcm"
+        try:
+            durable_write(path, data)
+        except OSError as e:
+            with self._lock:
+                self._pending -= len(data)
+            raise SpoolFull(f"cannot write to the spool ({e.strerror or e})") from None
+        with self._arrived:
+            self._arrived.notify_all()
+        return path
+
+    def wait(self, timeout: float) -> None:
+        with self._arrived:
+            self._arrived.wait(timeout)
+
+    def wake(self) -> None:
+        with self._arrived:
+            self._arrived.notify_all()
+
+    def finish(self, path: Path) -> None:
+        """The instance's result is durable: move it from incoming/ to done/."""
+        size = path.stat().st_size
+        os.replace(path, self.done / path.name)
+        fsync_dir(self.incoming)
+        fsync_dir(self.done)
+        with self._lock:
+            self._pending = max(0, self._pending - size)
+
+    def prune_done(self, keep: int) -> None:
+        """Keep the newest ``keep`` read instances in done/ (0: keep none)."""
+        old = sorted(p for p in self.done.iterdir() if SEQ_RE.match(p.name))
+        for p in old[:max(0, len(old) - keep)]:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()

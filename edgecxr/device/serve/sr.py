@@ -1,0 +1,90 @@
+"""The reading as a DICOM Structured Report: Comprehensive 3D SR, TID 1500, in the source study (highdicom).
+
+IHE AI Results (AIR) stores an AI result as a TID 1500 Measurement Report in the source image's study.
+One report per source instance:
+
+* patient, study (Study Instance UID, accession) copied from the source image by highdicom; a new
+  series; the source image referenced as evidence and as the measurement group's source image;
+* one Measurements and Qualitative Evaluations group (TID 1501): finding type pneumonia
+  (SCT 233604007), a qualitative evaluation pneumonia = present / absent (DCM 121053 / 121054) at the
+  bundle's threshold, the probability as "Certainty of Finding" (DCM 111012, unit 1), the threshold as
+  "Threshold Value" (DCM 122411, unit 1), and the algorithm (TID 4019): name = the bundle, version =
+  the bundle's digest, parameters = the threshold;
+* Verification Flag UNVERIFIED (no person has checked it); completion COMPLETE, not final.
+
+The SR's SOP Instance UID and Series Instance UID are derived from the source SOP Instance UID and
+the bundle digest (``generate_uid(entropy_srcs=...)``), so building it again after a crash gives the
+same UIDs: a PACS that receives it twice holds one instance.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+PNEUMONIA = ("233604007", "SCT", "Pneumonia")
+PLAIN_CHEST_XRAY = ("399208008", "SCT", "Plain chest X-ray")
+SERIES_NUMBER = 9901  # where the node's results go in the study
+MANUFACTURER = "edgecxr"
+
+
+def sr_uids(source_uid: str, bundle_digest: str) -> tuple[str, ...]:
+    """(SR SOP Instance UID, SR Series Instance UID, tracking UID): the same source and bundle give the same UIDs."""
+    from pydicom.uid import generate_uid
+
+    return tuple(str(generate_uid(entropy_srcs=[f"edgecxr-sr-{part}", source_uid, bundle_digest]))
+                 for part in ("instance", "series", "tracking"))
+
+
+@dataclass(frozen=True)
+class Finding:
+    prob: float
+    positive: bool
+    threshold: float
+    bundle: str
+    digest: str
+
+
+def build_sr(source: Any, finding: Finding, device_uid: str, ae_title: str) -> Any:
+    """A highdicom Comprehensive3DSR for one source image (a pydicom Dataset; pixel data not needed)."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    sop_uid, series_uid, track_uid = sr_uids(str(source.SOPInstanceUID), finding.digest)
+    pneumonia = hd.sr.CodedConcept(*PNEUMONIA)
+    algorithm = hd.sr.AlgorithmIdentification(
+        name=f"edgecxr {finding.bundle}"[:64], version=finding.digest,
+        parameters=[f"threshold={finding.threshold:.6g}"], manufacturer=MANUFACTURER)
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=track_uid,
+                                                     identifier="pneumonia classification"),
+        finding_type=pneumonia,
+        algorithm_id=algorithm,
+        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(
+            name=pneumonia, value=codes.DCM.Present if finding.positive else codes.DCM.Absent)],
+        measurements=[
+            hd.sr.Measurement(name=codes.DCM.CertaintyOfFinding, value=round(float(finding.prob), 6),
+                              unit=codes.UCUM.NoUnits, algorithm_id=algorithm),
+            hd.sr.Measurement(name=codes.DCM.ThresholdValue, value=round(float(finding.threshold), 6),
+                              unit=codes.UCUM.NoUnits),
+        ],
+    )
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=device_uid, name=ae_title[:64], manufacturer_name=MANUFACTURER, model_name="edgecxr serve"))
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=hd.sr.CodedConcept(*PLAIN_CHEST_XRAY),
+        imaging_measurements=[group],
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sr = hd.sr.Comprehensive3DSR(
+            evidence=[source], content=report, series_instance_uid=series_uid, series_number=SERIES_NUMBER,
+            sop_instance_uid=sop_uid, instance_number=1, manufacturer=MANUFACTURER,
+            is_complete=True, is_final=False, is_verified=False,
+            series_description="edgecxr pneumonia (AI result, unverified)")
+    return sr

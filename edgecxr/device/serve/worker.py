@@ -1,0 +1,205 @@
+"""The worker: one thread that reads spooled instances in arrival order and writes their results.
+
+For each instance in ``incoming/`` (oldest sequence number first):
+
+1. its header is read for the SOP Instance UID; a source that already has a record in
+   ``sources/`` (a re-sent instance) is logged as ``duplicate`` and gets no new SR: one SR per source
+   instance, the first reading stands;
+2. :meth:`edgecxr.device.api.Model.predict_file` reads it with the intake rules of ``predict`` (one
+   frame, CR/DX, chest, not lateral, pixel limit from the header, then decoding) and the bundle; a
+   refusal is logged with its reason and gets no SR;
+3. the SR (deterministic UIDs, see :mod:`.sr`) is written to ``sr/`` and linked into ``outbox/``;
+4. one JSON line goes to the results log, then the source record, then the instance moves to
+   ``done/``.
+
+Every step can be repeated: after ``kill -9`` the instance is still in ``incoming/`` and is done
+again; the SR has the same UID (and overwrites itself), the results line is not written twice (the
+log is read at start for the sequence numbers it already has), and a source record that names this
+very instance means only the move to ``done/`` was missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from edgecxr.device.serve.spool import SEQ_RE, Spool, durable_write
+from edgecxr.device.serve.sr import Finding, build_sr, sr_uids
+from edgecxr.shared.errors import EdgeCXRError
+from edgecxr.shared.fsutil import atomic_append_line, read_lines
+
+UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def source_key(uid: str) -> str:
+    if UID_RE.match(uid) and len(uid) <= 64:
+        return uid
+    import hashlib
+
+    return "x" + hashlib.sha256(uid.encode("utf-8", "replace")).hexdigest()
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Worker(threading.Thread):
+    def __init__(self, spool: Spool, model: Any, digest: str, ae_title: str, results: Path,
+                 queue_outbox: bool, keep_done: int = 1000, on_result: Callable[[], None] | None = None,
+                 log: Callable[[str], None] = lambda s: None):
+        super().__init__(name="edgecxr-worker", daemon=True)
+        self.spool, self.model, self.digest, self.ae_title = spool, model, digest, ae_title
+        self.results, self.queue_outbox, self.keep_done = Path(results), queue_outbox, max(1, keep_done)
+        self.on_result, self.log = on_result, log
+        self.device_uid = self._device_uid()
+        self._halt = threading.Event()
+        self._logged = self._logged_seqs()
+        self.handled = 0
+
+    def _device_uid(self) -> str:
+        from pydicom.uid import generate_uid
+
+        return str(generate_uid(entropy_srcs=["edgecxr-serve-device", self.ae_title, str(self.spool.root.resolve())]))
+
+    def _logged_seqs(self) -> set[int]:
+        if not self.results.exists():
+            return set()
+        out = set()
+        for ln in read_lines(self.results):
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                out.add(int(json.loads(ln).get("seq")))
+        return out
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.spool.wake()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            items = self.spool.pending()
+            if not items:
+                self.spool.wait(1.0)
+                continue
+            for p in items:
+                if self._halt.is_set():
+                    break
+                try:
+                    self.handle(p)
+                except Exception as e:  # a disk error, never a crash of the node: tell, wait, retry
+                    self.log(f"worker: cannot finish {p.name} ({e.__class__.__name__}: {str(e)[:200]}); retrying")
+                    self._halt.wait(2.0)
+                    break
+            if self.handled % 50 == 0:
+                self.spool.prune_done(self.keep_done)
+
+    # ---------------------------------------------------------------- one instance
+    def _line(self, rec: dict[str, Any]) -> None:
+        seq = int(rec["seq"])
+        if seq in self._logged:
+            return
+        atomic_append_line(self.results, json.dumps(rec, sort_keys=False))
+        self._logged.add(seq)
+
+    def _header(self, p: Path) -> Any:
+        import pydicom
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return pydicom.dcmread(p, stop_before_pixels=True)
+
+    def handle(self, p: Path) -> None:
+        m = SEQ_RE.match(p.name)
+        if not m:
+            return
+        seq = int(m.group(1))
+        t0 = time.time()
+        waited_ms = max(0.0, (t0 - p.stat().st_mtime) * 1000.0)
+        base: dict[str, Any] = {"time": now_iso(), "seq": seq}
+        try:
+            hdr = self._header(p)
+            uid = str(hdr.get("SOPInstanceUID", "") or "").strip()
+        except Exception as e:
+            self._refuse(p, base, None, f"unreadable DICOM ({e.__class__.__name__}: {str(e).strip()[:160]})", t0, waited_ms)
+            return
+        if not uid:
+            self._refuse(p, base, None, "DICOM has no SOP Instance UID", t0, waited_ms)
+            return
+        base["sop_instance_uid"] = uid[:64]
+        with contextlib.suppress(Exception):
+            base["study_instance_uid"] = str(hdr.get("StudyInstanceUID", "") or "")[:64] or None
+        rec_path = self.spool.sources / f"{source_key(uid)}.json"
+        if rec_path.exists():
+            first = json.loads(rec_path.read_text())
+            if int(first.get("seq", -1)) != seq:  # a re-sent instance: the first reading stands
+                self._line({**base, "status": "duplicate", "first_seq": first.get("seq"),
+                            "sr_instance_uid": first.get("sr_instance_uid"),
+                            "reason": "this SOP Instance UID was read before; no new SR"})
+            self._finish(p)
+            return
+        t1 = time.time()
+        try:
+            r = self.model.predict_file(p)
+        except EdgeCXRError as e:
+            self._refuse(p, base, hdr, getattr(e, "message", str(e)), t0, waited_ms)
+            return
+        except Exception as e:  # a reader bug must not stop the node: refuse this instance, go on
+            self._refuse(p, base, hdr, f"cannot read the image ({e.__class__.__name__}: {str(e)[:160]})", t0, waited_ms)
+            return
+        t2 = time.time()
+        positive = r.label == self.model.labels[-1]
+        sr_uid = sr_uids(uid, self.digest)[0]
+        try:
+            sr = build_sr(hdr, Finding(r.prob, positive, r.threshold, self.model.name, self.digest),
+                          self.device_uid, self.ae_title)
+        except Exception as e:  # a header highdicom cannot carry into a report (bad UIDs, VRs)
+            self._refuse(p, base, hdr, f"read ({r.label}, p={r.prob:.4f}) but no SR can be made from this header "
+                                       f"({e.__class__.__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})",
+                         t0, waited_ms, reading=r)
+            return
+        from io import BytesIO
+
+        buf = BytesIO()
+        sr.save_as(buf, enforce_file_format=True)
+        sr_file = self.spool.sr / f"{sr_uid}.dcm"
+        durable_write(sr_file, buf.getvalue())
+        if self.queue_outbox:
+            link = self.spool.outbox / f"{seq:012d}-{sr_uid}.dcm"
+            if not link.exists():
+                with contextlib.suppress(FileExistsError):
+                    os.link(sr_file, link)
+                from edgecxr.device.serve.spool import fsync_dir
+
+                fsync_dir(self.spool.outbox)
+        t3 = time.time()
+        rec = {**base, "status": "read", "call": r.label, "prob": round(r.prob, 6), "threshold": r.threshold,
+               "bundle": self.model.name, "bundle_digest": self.digest, "sr_instance_uid": sr_uid,
+               "timings_ms": {"waited": round(waited_ms, 2), "predict": round((t2 - t1) * 1000, 2),
+                              "sr": round((t3 - t2) * 1000, 2), "total": round((t3 - t0) * 1000, 2)}}
+        self._line(rec)
+        durable_write(rec_path, json.dumps({"seq": seq, "sr_instance_uid": sr_uid, "call": r.label}).encode())
+        self._finish(p)
+        if self.on_result:
+            self.on_result()
+
+    def _refuse(self, p: Path, base: dict[str, Any], hdr: Any, reason: str, t0: float, waited_ms: float,
+                reading: Any = None) -> None:
+        rec = {**base, "status": "refused", "reason": reason, "bundle": self.model.name,
+               "bundle_digest": self.digest,
+               "timings_ms": {"waited": round(waited_ms, 2), "total": round((time.time() - t0) * 1000, 2)}}
+        if reading is not None:
+            rec.update(call=reading.label, prob=round(reading.prob, 6), threshold=reading.threshold)
+        self._line(rec)
+        self._finish(p)
+
+    def _finish(self, p: Path) -> None:
+        self.spool.finish(p)
+        self.handled += 1
