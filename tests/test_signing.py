@@ -86,7 +86,11 @@ def test_signature_covers_the_manifest(signed, keys):
     assert "signed by trusted key" in p.stdout
     # the attack the issue found: threshold edited after export; the file table still matches
     _edit_threshold(signed, 0.90)
-    verify(signed)  # integrity alone cannot see it...
+    verify(signed, trust=False)  # integrity alone cannot see it...
+    # ...but the signature can, even with no key trusted: the files are not those that were signed
+    with pytest.raises(BundleError, match="manifest.json differs from what was signed"):
+        verify(signed)
+    assert_clean_error(run_cli("verify", signed), "manifest.json differs from what was signed")
     assert_clean_error(run_cli("verify", signed, "--key", keys["pub"]), "manifest.json", "signed")
     # ...and neither predict nor bench runs it on a machine that trusts the key
     for args in (("predict", signed, IMAGE), ("bench", signed, "--no-store", "--iterations", "1", "--warmup", "0")):
@@ -181,6 +185,23 @@ def test_board_agent_refuses_unsigned_pushes_when_it_has_keys(signed, bundle_cop
     with pytest.raises(BundleError, match=f"not signed.*installed {signed.name} is unchanged"):
         svc.install_bundle(pack(unsigned, tmp_path / "u" / f"{unsigned.name}.tar"))
     assert {p.name: p.read_bytes() for p in (svc.bundles_dir / signed.name).iterdir()} == installed
+
+
+def test_sign_signs_an_existing_bundle_and_refuses_a_broken_one(bundle_copy, keys):
+    b = bundle_copy(BUNDLE)
+    p = run_cli("sign", b, "--key", keys["key"])
+    assert p.returncode == 0, p.stderr
+    assert "signed by key" in p.stdout and digest(b) in p.stdout
+    assert verify(b, keys=[keys["pub"]]).trust.signer == load_public_keys(keys["pub"])[0].keyid
+    p = run_cli("verify", b)  # no key trusted: integrity, and the files are those that were signed
+    assert p.returncode == 0, p.stderr
+    assert "its files match its signature" in p.stdout
+    # a public key is not a signing key; a bundle whose files differ from its manifest is not signed
+    assert_clean_error(run_cli("sign", b, "--key", keys["pub"]), "public key")
+    (b / "model.onnx").write_bytes((b / "model.onnx").read_bytes()[:-1] + b"x")
+    before = (b / SIGNATURE).read_bytes()
+    assert_clean_error(run_cli("sign", b, "--key", keys["key"]), "model.onnx")
+    assert (b / SIGNATURE).read_bytes() == before
 
 
 def test_export_sign_writes_a_signed_bundle(tmp_path, keys):

@@ -15,6 +15,26 @@ keys_app = typer.Typer(no_args_is_help=True, help="Make signing keys and choose 
 
 def register(app: typer.Typer) -> None:
     app.add_typer(keys_app, name="keys")
+    app.command("sign")(sign)
+
+
+def sign(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder (made by export or `make demo`, here or elsewhere)")],
+    key: Annotated[Path, typer.Option("--key", help="Private key (NAME.key from `edgecxr keys new`)")],
+):
+    """Sign a bundle that already exists: writes bundle.sig over every file (a release step signs
+    without exporting again). The bundle must first pass its integrity check.
+
+    Example: edgecxr sign dist/rpi4-int8 --key ~/.config/edgecxr/clinic.key
+    """
+    from edgecxr.device.bundle import verify
+    from edgecxr.device.signing import SIGNATURE, digest, sign_bundle
+
+    verify(bundle, trust=False)  # the files must match the manifest before anyone vouches for them
+    had = (bundle / SIGNATURE).exists()
+    r = sign_bundle(bundle, key)
+    typer.echo(f"{bundle}: {'re-signed' if had else 'signed'} by key {r['keyid'][:16]} ({len(r['files'])} file(s)), "
+               f"digest {digest(bundle)}")
 
 
 @keys_app.command("new")
