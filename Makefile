@@ -62,8 +62,9 @@ CI_MODEL ?= $(firstword $(wildcard models/mnv2-ref-pruned*.pt) models/mnv2-ref.p
 CI_STRESS_IMAGES ?= 100
 # stress rows known to fail with the shipped recipes (shown as KNOWN with their numbers; see
 # benchmarks/quantization.md); keep in step with KNOWN_STRESS_FAILURES in edgecxr/host/workflows.py.
-# None today: every int8 bundle of the retrained pruned model passes every corruption.
-CI_EXPECT_FAIL ?=
+# Every corruption passes; the near-threshold flip rate (16-24% of the stress images within 0.05 of the
+# threshold, against a limit of 10%) does not yet, on any backend: issue 26.
+CI_EXPECT_FAIL ?= litert:near-threshold onnxruntime:near-threshold openvino:near-threshold
 ci-gate: setup
 	$(BIN)/edgecxr export $(CI_MODEL) --target rpi,nuc,jetson --precision both \
 		--data data/kermany224-val --calibration calibration/kermany224 --out dist/ci --force

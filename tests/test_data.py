@@ -139,3 +139,31 @@ def test_cli_split_and_errors(tmp_path):
     assert not (tmp_path / "y.json").exists()
     p = run_cli("data", "split", empty, "--out", tmp_path / "y.json", "--strict")
     assert_clean_error(p, "empty")
+
+
+def test_calibration_set_from_an_npz_keeps_its_28_px_images(tmp_path):
+    """Regression (issue 27): the MedMNIST path stopped at export on its own calibration set, because the
+    64 px intake rule was relaxed for stress sets made from an .npz but not for calibration sets."""
+    from edgecxr.host.calibrate import load_calibration_set, make_calibration_set
+    from edgecxr.shared.imageio import load_grey
+
+    # PneumoniaMNIST holds exact duplicates across its train and val parts: one here, made on purpose
+    z = dict(np.load(NPZ))
+    z["train_images"][: len(z["val_images"])] = z["val_images"]
+    z["train_labels"][: len(z["val_labels"])] = z["val_labels"]
+    dup = tmp_path / "dup.npz"
+    np.savez(dup, **z)
+    sp = tmp_path / "split.json"
+    sm = make_split(dup, 0.2, 0)
+    sm.save(sp)
+    n_train = sum(it.split == "train" for it in sm.items)
+    cal = make_calibration_set(sp, tmp_path / "cal", "mm", n=n_train)
+    m = json.loads((cal / "manifest.json").read_text())
+    assert m["source_kind"] == "npz" and m["excluded_duplicates_of_held_back_images"] == len(z["val_labels"])
+    assert m["n"] == n_train - len(z["val_labels"])
+    val_shas = {it.sha256 for it in sm.items if it.split == "val"}
+    cs = load_calibration_set(cal, forbid_sha256=val_shas)  # what export checks: no evaluation image in it
+    assert len(cs.greys) == m["n"] and all(g.shape == (28, 28) for g in cs.greys)
+    # the relaxation is scoped to the set's own loader: the same 28 px file alone is still refused
+    with pytest.raises(ImageReadError, match="at least 64"):
+        load_grey(cal / m["items"][0]["path"])

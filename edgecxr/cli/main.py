@@ -451,9 +451,13 @@ def gate(
     details: Annotated[Path | None, typer.Option(help="Write every row and probability pair as JSON here (for `edgecxr plot-gate`)")] = None,
     threads: Annotated[int | None, typer.Option(help="Threads per runtime (default: the profile's, capped at the cores here)")] = None,
     expect_fail: Annotated[list[str] | None, typer.Option(help="BACKEND:CORRUPTION known to fail (say which issue tracks it): shown as KNOWN, not failing the gate")] = None,
+    near_margin: Annotated[float, typer.Option(help="With --stress: the images whose fp32 probability lies this close to the threshold are the near-threshold set")] = 0.05,
+    max_near_flip_rate: Annotated[float, typer.Option(help="With --stress: fail when the near-threshold flip rate is above this (lower end of its 95% Wilson interval)")] = 0.10,
 ):
     """Fail (exit 1) when quantization costs more than allowed against the float model, on the
-    reference images and, with --stress, on every corruption of the shift stress set.
+    reference images and, with --stress, on every corruption of the shift stress set and on the
+    calls near the operating threshold (the flip rate among the stress images whose fp32
+    probability lies within --near-margin of it).
 
     With --data DIR of a site's own labelled images, each int8 bundle is paired with its fp32
     twin on those images (paired by sha256): paired AUC drop with DeLong p, agreement, flipped files.
@@ -467,7 +471,8 @@ def gate(
     from edgecxr.device.gate import gate as run_gate
 
     run_gate(bundles, data, max_auc_drop, min_agreement, summary, log=typer.echo, stress=stress,
-             references=reference, details=details, threads=threads, expect_fail=expect_fail)
+             references=reference, details=details, threads=threads, expect_fail=expect_fail,
+             near_margin=near_margin, max_near_flip_rate=max_near_flip_rate)
 
 
 @app.command()

@@ -9,6 +9,7 @@ single-class, unreadable, tampered, or overlaps the evaluation images.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -23,6 +24,7 @@ from edgecxr.shared.data import NPZ_SEP, SplitManifest
 from edgecxr.shared.errors import DataError, EdgeCXRError
 from edgecxr.shared.fsutil import atomic_dir, sha256_file
 from edgecxr.shared.imageio import load_grey
+from edgecxr.shared.intake import min_side
 
 MANIFEST = "manifest.json"
 
@@ -39,6 +41,12 @@ def make_calibration_set(split_path: str | Path, out_dir: str | Path, name: str,
         raise DataError("split has no training images to calibrate from", split_path)
     if n < 2:
         raise DataError(f"calibration set size {n} is too small (at least 2, one per class)")
+    # a training image whose pixels are also in the held-back parts (PneumoniaMNIST has such exact
+    # duplicates across its official train and val parts) would put an evaluation image into the
+    # calibration set, which load_calibration_set then refuses; leave those out here
+    held = {it.sha256 for it in split.items if it.split != "train"}
+    dups = sum(1 for it in train if it.sha256 in held)
+    train = [it for it in train if it.sha256 not in held]
     rng = np.random.default_rng(seed)
     chosen = []
     for lab in (0, 1):
@@ -69,6 +77,10 @@ def make_calibration_set(split_path: str | Path, out_dir: str | Path, name: str,
                           "source_path": it.path, "source_sha256": it.sha256, "source_split": "train"})
         manifest = {
             "schema": 1, "name": name, "seed": seed, "n": len(items),
+            # "npz": the images are a MedMNIST array's own size (28 px), by design, so the loader relaxes
+            # the 64 px intake rule for them as the stress set's loader does; "folder": files as they came
+            "source_kind": "npz" if any(NPZ_SEP in it.path for it in chosen) else "folder",
+            "excluded_duplicates_of_held_back_images": dups,
             "counts": {LABELS[k]: sum(1 for i in items if i["label"] == k) for k in (0, 1)},
             "source": {"split_manifest": str(split_path), "split_sha256": sha256_file(split_path),
                        "part": "train", "split_seed": split.seed},
@@ -111,6 +123,8 @@ def load_calibration_set(path: str | Path, forbid_sha256: set[str] | None = None
     labels = {int(i["label"]) for i in items}
     if labels != {0, 1}:
         raise DataError("calibration set has a single class; it must hold NORMAL and PNEUMONIA images", path)
+    # made from an .npz (PneumoniaMNIST, 28 px): its images are as small as their source, by design
+    from_npz = m.get("source_kind") == "npz" or all(NPZ_SEP in str(i.get("source_path", "")) for i in items)
     greys = []
     for it in items:
         f = path / it["path"]
@@ -118,7 +132,8 @@ def load_calibration_set(path: str | Path, forbid_sha256: set[str] | None = None
             raise DataError("calibration image missing", f)
         if sha256_file(f) != it["sha256"]:
             raise DataError("calibration image does not match its sha256 in the manifest", f)
-        greys.append(load_grey(f))
+        with min_side(1) if from_npz else contextlib.nullcontext():
+            greys.append(load_grey(f))
     if forbid_sha256:
         shas = {it["sha256"] for it in items} | {it.get("source_sha256", "") for it in items}
         overlap = shas & forbid_sha256
