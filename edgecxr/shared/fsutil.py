@@ -39,10 +39,20 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def fsync_dir(folder: str | Path) -> None:
+    """fsync a folder, so that a rename or link in it survives a power cut (not only ``kill -9``)."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
-def atomic_file(path: str | Path) -> Iterator[Any]:
+def atomic_file(path: str | Path, mode: int | None = None, durable: bool = False) -> Iterator[Any]:
     """Write ``path`` through a binary file object: a temp file in the same folder, fsync, rename.
-    On any error the temp file goes and ``path`` keeps what it had."""
+    On any error the temp file goes and ``path`` keeps what it had. ``mode``: the file's permissions
+    (default 0o666 less the umask); ``durable``: also fsync the folder after the rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -51,16 +61,18 @@ def atomic_file(path: str | Path) -> Iterator[Any]:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, (0o666 & ~_umask()) if mode is None else mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    if durable:
+        fsync_dir(path.parent)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    with atomic_file(path) as f:
+def atomic_write_bytes(path: str | Path, data: bytes, mode: int | None = None, durable: bool = False) -> None:
+    with atomic_file(path, mode, durable) as f:
         f.write(data)
 
 

@@ -24,6 +24,8 @@ import re
 import threading
 from pathlib import Path
 
+from edgecxr.shared.fsutil import atomic_write_bytes, fsync_dir
+
 SEQ_RE = re.compile(r"^(\d{12})\.dcm$")
 
 
@@ -31,32 +33,9 @@ class SpoolFull(Exception):
     """No room for this instance (the size limit or the disk): the C-STORE answer is 0xA700."""
 
 
-def fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def durable_write(path: Path, data: bytes) -> None:
-    """Temp file in the same folder, fsync, rename, fsync the folder."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
+    """Temp file in the same folder, fsync, rename, fsync the folder; readable by the node's user and group only."""
+    atomic_write_bytes(path, data, mode=0o640, durable=True)
 
 
 class Spool:

@@ -35,7 +35,7 @@ from typing import Any
 from edgecxr.device.serve.spool import SEQ_RE, Spool, durable_write
 from edgecxr.device.serve.sr import Finding, build_sr, sr_uids
 from edgecxr.shared.errors import EdgeCXRError
-from edgecxr.shared.fsutil import atomic_append_line, read_lines
+from edgecxr.shared.fsutil import atomic_append_line, fsync_dir, read_lines
 
 UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
@@ -176,8 +176,6 @@ class Worker(threading.Thread):
             if not link.exists():
                 with contextlib.suppress(FileExistsError):
                     os.link(sr_file, link)
-                from edgecxr.device.serve.spool import fsync_dir
-
                 fsync_dir(self.spool.outbox)
         t3 = time.time()
         rec = {**base, "status": "read", "call": r.label, "prob": round(r.prob, 6), "threshold": r.threshold,
