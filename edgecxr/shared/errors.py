@@ -23,6 +23,10 @@ class ImageReadError(EdgeCXRError):
     """An image file could not be read as an X-ray."""
 
 
+class NotApplicable(ImageReadError):
+    """A readable image the model is not for (not CR/DX, not the chest, a lateral view): not a failure."""
+
+
 class DataError(EdgeCXRError):
     """A dataset is unusable (empty, single-class, missing folder...)."""
 

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from edgecxr.shared.errors import ImageReadError
+from edgecxr.shared.errors import ImageReadError, NotApplicable
 
 DEFAULT_MAX_PIXELS = 64_000_000
 DEFAULT_MIN_SIDE = 64
@@ -153,13 +153,13 @@ def check_dicom(ds: Any, path: Path | str) -> None:
     hint = "; --force-anatomy reads it anyway"
     mod = _text(ds, "Modality")
     if mod is not None and mod not in PROJECTION_MODALITIES:
-        raise ImageReadError(f"DICOM Modality is {mod[:16]}, not a projection radiograph (CR or DX){hint}", path)
+        raise NotApplicable(f"DICOM Modality is {mod[:16]}, not a projection radiograph (CR or DX){hint}", path)
     part = _text(ds, "BodyPartExamined")
     if part is not None and part not in CHEST:
-        raise ImageReadError(f"DICOM BodyPartExamined is {part[:16]}, not CHEST{hint}", path)
+        raise NotApplicable(f"DICOM BodyPartExamined is {part[:16]}, not CHEST{hint}", path)
     view = _text(ds, "ViewPosition")
     if view is not None and view in LATERAL_VIEWS:
-        raise ImageReadError(f"DICOM ViewPosition is {view}, a lateral view; the model reads frontal (PA/AP) "
+        raise NotApplicable(f"DICOM ViewPosition is {view}, a lateral view; the model reads frontal (PA/AP) "
                              f"chest films{hint}", path)
 
 

@@ -11,6 +11,9 @@ keys are the option names, with ``-`` or ``_``, at the top level or under ``[ser
     spool = "/var/lib/edgecxr/spool"
     allow-ae = ["ORTHANC", "DX_ROOM1"]
     spool-limit-mb = 2048
+    http = "127.0.0.1:8000"       # the HTTP door (OIP, STOW-RS, /metrics, the page); off unless set
+    token-file = "/etc/edgecxr/token"
+    # dicom-port = 0              # 0: HTTP only, no DICOM door
 """
 
 from __future__ import annotations
@@ -59,6 +62,20 @@ def parse_peer(s: str) -> Peer:
     return Peer(ae_title(m.group(1), "--pacs AE title"), m.group(2).strip("[]"), port(m.group(3), "--pacs port"))
 
 
+def parse_http(s: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[v6]:PORT`` or ``PORT`` (loopback)."""
+    s = str(s).strip()
+    host, _, tail = s.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        p = int(tail)
+    except ValueError:
+        raise EdgeCXRError(f"--http {s!r} is not HOST:PORT (e.g. 127.0.0.1:8000)") from None
+    if not 0 < p < 65536:
+        raise EdgeCXRError(f"--http port {p} is not a port number (1..65535)")
+    return host, p
+
+
 @dataclass
 class ServeConfig:
     bundle: Path | None = None
@@ -78,13 +95,19 @@ class ServeConfig:
     outbox_retries: int = 5  # attempts per round, with exponential backoff from outbox_backoff_s
     outbox_backoff_s: float = 1.0
     outbox_recheck_s: float = 30.0  # after a failed round: how often the PACS is tried again
+    http: str | None = None  # HOST:PORT of the HTTP door (loopback unless a host is given); None: off
+    http_max_mb: float = 64.0  # request body limit
+    http_queue: int = 16  # inference requests waiting for the worker; over it: 503 with Retry-After
+    token_file: Path | None = None  # bearer token for infer, STOW-RS and the page
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     @property
     def spool_limit_bytes(self) -> int:
         return int(self.spool_limit_mb * 1024 * 1024)
 
 
-_PATHS = {"bundle", "spool", "results"}
+_PATHS = {"bundle", "spool", "results", "token_file", "tls_cert", "tls_key"}
 
 
 def _coerce(name: str, v: Any) -> Any:
@@ -101,12 +124,15 @@ def _coerce(name: str, v: Any) -> Any:
     if name == "allow_ae":
         return [ae_title(x, "--allow-ae") for x in (v if isinstance(v, list) else [v])]
     if name == "dicom_port":
-        return port(v, "--dicom-port")
+        return 0 if str(v).strip() == "0" else port(v, "--dicom-port")
+    if name == "http":
+        parse_http(str(v))
+        return str(v).strip()
     if name in ("allow_unsigned",):
         if not isinstance(v, bool):
             raise EdgeCXRError(f"{name.replace('_', '-')} must be true or false")
         return v
-    if name in ("threads", "max_pixels", "keep_done", "outbox_retries"):
+    if name in ("threads", "max_pixels", "keep_done", "outbox_retries", "http_queue"):
         try:
             i = int(v)
         except (TypeError, ValueError):
@@ -114,7 +140,7 @@ def _coerce(name: str, v: Any) -> Any:
         if i < (1 if name != "keep_done" else 1):
             raise EdgeCXRError(f"{name.replace('_', '-')} must be at least 1")
         return i
-    if name in ("spool_limit_mb", "outbox_backoff_s", "outbox_recheck_s"):
+    if name in ("spool_limit_mb", "outbox_backoff_s", "outbox_recheck_s", "http_max_mb"):
         try:
             f = float(v)
         except (TypeError, ValueError):
@@ -163,4 +189,6 @@ def load(config: Path | None, **options: Any) -> ServeConfig:
             setattr(cfg, k, c)
     if cfg.bundle is None:
         raise EdgeCXRError("no bundle: give BUNDLE or set bundle in the --config file")
+    if not cfg.dicom_port and not cfg.http:
+        raise EdgeCXRError("no door: --dicom-port 0 turns DICOM off, so give --http HOST:PORT")
     return cfg

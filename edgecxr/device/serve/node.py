@@ -38,6 +38,7 @@ def open_model(cfg: ServeConfig):
 
 
 def serve(cfg: ServeConfig, log: Callable[[str], None] = _stderr, ready: Callable[[], None] | None = None) -> int:
+    from edgecxr.device.serve.metrics import Metrics
     from edgecxr.device.serve.outbox import Outbox
     from edgecxr.device.serve.receiver import make_ae, transfer_syntaxes
     from edgecxr.device.serve.spool import Spool
@@ -55,9 +56,20 @@ def serve(cfg: ServeConfig, log: Callable[[str], None] = _stderr, ready: Callabl
     if cfg.pacs:
         outbox = Outbox(spool.outbox, cfg.pacs, cfg.ae_title, cfg.outbox_retries, cfg.outbox_backoff_s,
                         cfg.outbox_recheck_s, log)
+    metrics = Metrics(model.name)
+    if outbox:
+        outbox.metrics = metrics
     worker = Worker(spool, model, trust.digest, cfg.ae_title, cfg.results or spool.results, queue_outbox=outbox is not None,
-                    keep_done=cfg.keep_done, on_result=outbox.kick if outbox else None, log=log)
-    ae, handlers = make_ae(cfg.ae_title, spool, cfg.allow_ae, log)
+                    keep_done=cfg.keep_done, on_result=outbox.kick if outbox else None, log=log, metrics=metrics,
+                    max_jobs=cfg.http_queue)
+    metrics.track(lambda: worker.jobs.qsize() + len(spool.pending()),
+                  lambda: len(outbox.pending()) if outbox else 0)
+    dicom = f"{cfg.ae_title}@{cfg.host}:{cfg.dicom_port}" if cfg.dicom_port else None
+    door = None
+    if cfg.http:
+        from edgecxr.device.serve.http import HttpDoor
+
+        door = HttpDoor(cfg, model, trust, worker, spool, metrics, log, dicom)
     stop = threading.Event()
 
     def on_signal(signum, frame):  # noqa: ARG001
@@ -65,15 +77,28 @@ def serve(cfg: ServeConfig, log: Callable[[str], None] = _stderr, ready: Callabl
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        try:
-            server = ae.start_server((cfg.host, cfg.dicom_port), block=False, evt_handlers=handlers)
-        except OSError as e:
-            raise EdgeCXRError(f"cannot listen on {cfg.host}:{cfg.dicom_port} ({e.strerror or e})") from None
+        server = None
+        if cfg.dicom_port:
+            ae, handlers = make_ae(cfg.ae_title, spool, cfg.allow_ae, log, metrics)
+            try:
+                server = ae.start_server((cfg.host, cfg.dicom_port), block=False, evt_handlers=handlers)
+            except OSError as e:
+                raise EdgeCXRError(f"cannot listen on {cfg.host}:{cfg.dicom_port} ({e.strerror or e})") from None
         worker.start()
         if outbox:
             outbox.start()
+        if door:
+            try:
+                door.start()
+            except BaseException:
+                if server:
+                    server.shutdown()
+                raise
         n_ts = len(transfer_syntaxes())
-        log(f"listening on {cfg.host}:{cfg.dicom_port} as {cfg.ae_title} ({n_ts} transfer syntaxes); bundle "
+        doors = ([f"DICOM on {cfg.host}:{cfg.dicom_port} as {cfg.ae_title} ({n_ts} transfer syntaxes)"] if server else []) \
+            + ([f"HTTP on {door.url} (OIP /v2, STOW-RS /dicomweb/studies, /metrics, the page at /"
+                f"{'; bearer token required' if door.token else ''})"] if door else [])
+        log(f"listening: {'; '.join(doors)}; bundle "
             f"{model.name} {trust.digest[:19]}... ({trust.describe() if trust.signer else 'UNSIGNED, --allow-unsigned'}); "
             f"spool {cfg.spool} ({len(spool.pending())} waiting); results {worker.results}; "
             f"PACS {cfg.pacs or 'none (reports stay in the spool)'}"
@@ -82,8 +107,11 @@ def serve(cfg: ServeConfig, log: Callable[[str], None] = _stderr, ready: Callabl
             ready()
         while not stop.wait(0.5):
             pass
-        log("stopping: no new associations; finishing the instance in hand")
-        server.shutdown()
+        log("stopping: no new associations or requests; finishing the instance in hand")
+        if door:
+            door.stop()
+        if server:
+            server.shutdown()
         worker.stop()
         worker.join()
         if outbox:

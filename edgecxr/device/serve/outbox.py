@@ -34,6 +34,7 @@ class Outbox(threading.Thread):
         self._halt = threading.Event()
         self._kick = threading.Event()
         self.delivered = 0
+        self.metrics = None  # a serve.metrics.Metrics, set by the node
 
     def kick(self) -> None:
         """A new report is waiting: try now."""
@@ -59,6 +60,8 @@ class Outbox(threading.Thread):
                 if self._halt.is_set():
                     return
                 err = self.deliver(items)
+                if err is not None and self.metrics is not None:
+                    self.metrics.sr_failed.inc()
                 if err is None:
                     ok = True
                     break
@@ -109,6 +112,8 @@ class Outbox(threading.Thread):
                     p.unlink()
                 fsync_dir(self.folder)
                 self.delivered += 1
+                if self.metrics is not None:
+                    self.metrics.sr_sent.inc()
             return None
         finally:
             with contextlib.suppress(Exception):

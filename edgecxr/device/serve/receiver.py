@@ -56,7 +56,8 @@ def transfer_syntaxes() -> list[str]:
     return list(UNCOMPRESSED) + [ts for ts in COMPRESSED if decodable(ts)]
 
 
-def make_ae(ae_title: str, spool: Spool, allow_ae: list[str] | None, log: Callable[[str], None]) -> tuple[Any, list]:
+def make_ae(ae_title: str, spool: Spool, allow_ae: list[str] | None, log: Callable[[str], None],
+            metrics: Any = None) -> tuple[Any, list]:
     """The application entity and its event handlers, ready for ``start_server``."""
     from pynetdicom import AE, evt
 
@@ -83,10 +84,16 @@ def make_ae(ae_title: str, spool: Spool, allow_ae: list[str] | None, log: Callab
             spool.put(data)
         except SpoolFull as e:
             log(f"receiver: {e}; answered 0xA700 (out of resources)")
+            if metrics is not None:
+                metrics.refused_at_door.labels("dicom", "out of resources").inc()
             return STATUS_OUT_OF_RESOURCES
         except Exception as e:
             log(f"receiver: cannot spool ({e.__class__.__name__}: {str(e)[:120]}); answered 0xA700")
+            if metrics is not None:
+                metrics.refused_at_door.labels("dicom", "out of resources").inc()
             return STATUS_OUT_OF_RESOURCES
+        if metrics is not None:
+            metrics.received.labels("dicom").inc()
         return 0x0000
 
     def on_rejected(event: Any) -> None:

@@ -56,6 +56,7 @@ class Spool:
         self._seq = max((int(m.group(1)) for d in (self.incoming, self.done) for p in d.iterdir()
                          if (m := SEQ_RE.match(p.name))), default=0)
         self._pending = sum(p.stat().st_size for p in self.pending())
+        self._doors: dict[int, str] = {}  # which door an instance came in by, this run (after a restart: dicom)
 
     def pending(self) -> list[Path]:
         """Spooled instances not yet read, in arrival order."""
@@ -65,13 +66,18 @@ class Spool:
     def pending_bytes(self) -> int:
         return self._pending
 
-    def put(self, data: bytes) -> Path:
+    def door(self, seq: int) -> str:
+        return self._doors.get(seq, "dicom")
+
+    def put(self, data: bytes, door: str = "dicom") -> Path:
         """Store one received instance (preamble, file meta and dataset); raise SpoolFull if no room."""
         with self._lock:
             if self._pending + len(data) > self.limit:
                 raise SpoolFull(f"spool holds {self._pending} bytes; {len(data)} more is over the limit of {self.limit}")
             self._seq += 1
             seq = self._seq
+            if door != "dicom":
+                self._doors[seq] = door
             self._pending += len(data)  # reserved while writing, so parallel associations cannot overshoot
         path = self.incoming / f"{seq:012d}.dcm"
         try:
@@ -88,6 +94,13 @@ class Spool:
         with self._arrived:
             self._arrived.wait(timeout)
 
+    def wait_unless(self, ready, timeout: float) -> None:
+        """Wait for an arrival or a wake(), unless ``ready()`` already holds (checked under the lock, so a
+        wake() between the check and the wait is not lost)."""
+        with self._arrived:
+            if not ready():
+                self._arrived.wait(timeout)
+
     def wake(self) -> None:
         with self._arrived:
             self._arrived.notify_all()
@@ -100,6 +113,7 @@ class Spool:
         fsync_dir(self.done)
         with self._lock:
             self._pending = max(0, self._pending - size)
+            self._doors.pop(int(path.stem), None)
 
     def prune_done(self, keep: int) -> None:
         """Keep the newest ``keep`` read instances in done/ (0: keep none)."""

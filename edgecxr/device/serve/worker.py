@@ -12,6 +12,10 @@ For each instance in ``incoming/`` (oldest sequence number first):
 4. one JSON line goes to the results log, then the source record, then the instance moves to
    ``done/``.
 
+Between two instances the worker also serves the HTTP door's inference requests (a bounded queue of
+jobs, each run in this thread, the one that owns the runtime): one worker and one results log for
+every door, and spooled instances from DICOM and STOW-RS alike.
+
 Every step can be repeated: after ``kill -9`` the instance is still in ``incoming/`` and is done
 again; the SR has the same UID (and overwrites itself), the results line is not written twice (the
 log is read at start for the sequence numbers it already has), and a source record that names this
@@ -23,19 +27,23 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import re
 import threading
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from edgecxr.device.serve.spool import SEQ_RE, Spool, durable_write
 from edgecxr.device.serve.sr import Finding, build_sr, sr_uids
-from edgecxr.shared.errors import EdgeCXRError
+from edgecxr.shared.errors import EdgeCXRError, NotApplicable
 from edgecxr.shared.fsutil import atomic_append_line, fsync_dir, read_lines
+from edgecxr.shared.imageio import load_grey
 
 UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
@@ -52,18 +60,77 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+class Busy(Exception):
+    """The worker's job queue is full (the HTTP door answers 503 with Retry-After)."""
+
+
 class Worker(threading.Thread):
     def __init__(self, spool: Spool, model: Any, digest: str, ae_title: str, results: Path,
                  queue_outbox: bool, keep_done: int = 1000, on_result: Callable[[], None] | None = None,
-                 log: Callable[[str], None] = lambda s: None):
+                 log: Callable[[str], None] = lambda s: None, metrics: Any = None, max_jobs: int = 16):
         super().__init__(name="edgecxr-worker", daemon=True)
         self.spool, self.model, self.digest, self.ae_title = spool, model, digest, ae_title
         self.results, self.queue_outbox, self.keep_done = Path(results), queue_outbox, max(1, keep_done)
-        self.on_result, self.log = on_result, log
+        self.on_result, self.log, self.metrics = on_result, log, metrics
         self.device_uid = self._device_uid()
         self._halt = threading.Event()
+        self.recent: deque[dict[str, Any]] = deque(maxlen=50)  # the newest result lines, for the page
         self._logged = self._logged_seqs()
+        self.jobs: queue.Queue[tuple[Callable[[Any], Any], Future]] = queue.Queue(maxsize=max(1, max_jobs))
         self.handled = 0
+
+    # ---------------------------------------------------------------- jobs (the HTTP door)
+    def submit(self, fn: Callable[[Any], Any]) -> Future:
+        """Run ``fn(model)`` in the worker thread, between spooled instances; raise Busy when the queue is full."""
+        if self._halt.is_set():
+            raise Busy("the node is stopping")
+        fut: Future = Future()
+        try:
+            self.jobs.put_nowait((fn, fut))
+        except queue.Full:
+            raise Busy(f"{self.jobs.maxsize} requests are waiting") from None
+        self.spool.wake()
+        return fut
+
+    def _run_jobs(self) -> None:
+        while True:
+            try:
+                fn, fut = self.jobs.get_nowait()
+            except queue.Empty:
+                return
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn(self.model))
+            except BaseException as e:  # noqa: BLE001 - handed to the waiting request
+                fut.set_exception(e)
+
+    def _cancel_jobs(self) -> None:
+        while True:
+            try:
+                _, fut = self.jobs.get_nowait()
+            except queue.Empty:
+                return
+            if fut.set_running_or_notify_cancel():
+                fut.set_exception(Busy("the node is stopping"))
+
+    def record(self, rec: dict[str, Any]) -> None:
+        """One line in the results log for a request that has no spool sequence number (HTTP infer)."""
+        atomic_append_line(self.results, json.dumps(rec, sort_keys=False))
+        self.recent.append(rec)
+
+    def _count(self, door: str, status: str, reason: str = "", failed: bool = False) -> None:
+        m = self.metrics
+        if m is None:
+            return
+        if status == "read":
+            m.read.labels(door).inc()
+        elif status == "duplicate":
+            m.duplicates.inc()
+        elif failed:
+            m.failed.labels(door).inc()
+        else:
+            m.not_applicable.labels(door).inc()
 
     def _device_uid(self) -> str:
         from pydicom.uid import generate_uid
@@ -76,7 +143,10 @@ class Worker(threading.Thread):
         out = set()
         for ln in read_lines(self.results):
             with contextlib.suppress(ValueError, TypeError, AttributeError):
-                out.add(int(json.loads(ln).get("seq")))
+                rec = json.loads(ln)
+                self.recent.append(rec)
+                if rec.get("seq") is not None:
+                    out.add(int(rec["seq"]))
         return out
 
     def stop(self) -> None:
@@ -84,12 +154,20 @@ class Worker(threading.Thread):
         self.spool.wake()
 
     def run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            self._cancel_jobs()
+
+    def _loop(self) -> None:
         while not self._halt.is_set():
+            self._run_jobs()
             items = self.spool.pending()
             if not items:
-                self.spool.wait(1.0)
+                self.spool.wait_unless(lambda: not self.jobs.empty() or self._halt.is_set(), 1.0)
                 continue
             for p in items:
+                self._run_jobs()
                 if self._halt.is_set():
                     break
                 try:
@@ -108,6 +186,8 @@ class Worker(threading.Thread):
             return
         atomic_append_line(self.results, json.dumps(rec, sort_keys=False))
         self._logged.add(seq)
+        self.recent.append(rec)
+        self._count(rec.get("door", "dicom"), rec["status"], failed=rec.get("failed", False))
 
     def _header(self, p: Path) -> Any:
         import pydicom
@@ -123,15 +203,17 @@ class Worker(threading.Thread):
         seq = int(m.group(1))
         t0 = time.time()
         waited_ms = max(0.0, (t0 - p.stat().st_mtime) * 1000.0)
-        base: dict[str, Any] = {"time": now_iso(), "seq": seq}
+        door = self.spool.door(seq)
+        base: dict[str, Any] = {"time": now_iso(), "seq": seq, "door": door}
         try:
             hdr = self._header(p)
             uid = str(hdr.get("SOPInstanceUID", "") or "").strip()
         except Exception as e:
-            self._refuse(p, base, None, f"unreadable DICOM ({e.__class__.__name__}: {str(e).strip()[:160]})", t0, waited_ms)
+            self._refuse(p, base, None, f"unreadable DICOM ({e.__class__.__name__}: {str(e).strip()[:160]})", t0,
+                         waited_ms, failed=True)
             return
         if not uid:
-            self._refuse(p, base, None, "DICOM has no SOP Instance UID", t0, waited_ms)
+            self._refuse(p, base, None, "DICOM has no SOP Instance UID", t0, waited_ms, failed=True)
             return
         base["sop_instance_uid"] = uid[:64]
         with contextlib.suppress(Exception):
@@ -147,14 +229,20 @@ class Worker(threading.Thread):
             return
         t1 = time.time()
         try:
-            r = self.model.predict_file(p)
+            grey = load_grey(p)  # the intake rules of `predict`: header checks, then decoding
+            t1b = time.time()
+            r = self.model.predict_array(grey)  # what predict_file does, timed apart from the decoding
         except EdgeCXRError as e:
-            self._refuse(p, base, hdr, getattr(e, "message", str(e)), t0, waited_ms)
+            self._refuse(p, base, hdr, getattr(e, "message", str(e)), t0, waited_ms,
+                         failed=not isinstance(e, NotApplicable))
             return
         except Exception as e:  # a reader bug must not stop the node: refuse this instance, go on
-            self._refuse(p, base, hdr, f"cannot read the image ({e.__class__.__name__}: {str(e)[:160]})", t0, waited_ms)
+            self._refuse(p, base, hdr, f"cannot read the image ({e.__class__.__name__}: {str(e)[:160]})", t0,
+                         waited_ms, failed=True)
             return
         t2 = time.time()
+        if self.metrics is not None:
+            self.metrics.inference_us((t2 - t1b) * 1e6)
         positive = r.label == self.model.labels[-1]
         sr_uid = sr_uids(uid, self.digest)[0]
         try:
@@ -163,7 +251,7 @@ class Worker(threading.Thread):
         except Exception as e:  # a header highdicom cannot carry into a report (bad UIDs, VRs)
             self._refuse(p, base, hdr, f"read ({r.label}, p={r.prob:.4f}) but no SR can be made from this header "
                                        f"({e.__class__.__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})",
-                         t0, waited_ms, reading=r)
+                         t0, waited_ms, reading=r, failed=True)
             return
         from io import BytesIO
 
@@ -185,12 +273,14 @@ class Worker(threading.Thread):
         self._line(rec)
         durable_write(rec_path, json.dumps({"seq": seq, "sr_instance_uid": sr_uid, "call": r.label}).encode())
         self._finish(p)
+        if self.metrics is not None:
+            self.metrics.request_us("STOW" if door == "stow" else "DICOM", (t3 - t0) * 1e6 + waited_ms * 1e3)
         if self.on_result:
             self.on_result()
 
     def _refuse(self, p: Path, base: dict[str, Any], hdr: Any, reason: str, t0: float, waited_ms: float,
-                reading: Any = None) -> None:
-        rec = {**base, "status": "refused", "reason": reason, "bundle": self.model.name,
+                reading: Any = None, failed: bool = False) -> None:
+        rec = {**base, "status": "refused", "failed": failed, "reason": reason, "bundle": self.model.name,
                "bundle_digest": self.digest,
                "timings_ms": {"waited": round(waited_ms, 2), "total": round((time.time() - t0) * 1000, 2)}}
         if reading is not None:
