@@ -127,19 +127,26 @@ class HttpDoor:
                                                                    else "") + f"; this node serves {self.model.name!r}")
 
     async def _body(self, request: Any) -> bytes:
+        """The request body, at most ``max_body`` bytes; over it 413. What is over is read and dropped (up to
+        4x the limit) so that the client, still sending, reads the 413 instead of a connection reset."""
         n = request.headers.get("content-length")
-        if n is not None:
-            try:
-                if int(n) > self.max_body:
-                    raise HttpError(413, f"request body of {int(n)} bytes is over the limit of {self.max_body}")
-            except ValueError:
-                raise HttpError(400, "Content-Length is not a number") from None
-        chunks, size = [], 0
+        try:
+            declared = int(n) if n is not None else None
+        except ValueError:
+            raise HttpError(400, "Content-Length is not a number") from None
+        chunks, size, over = [], 0, declared is not None and declared > self.max_body
         async for c in request.stream():
             size += len(c)
             if size > self.max_body:
-                raise HttpError(413, f"request body is over the limit of {self.max_body} bytes")
+                over = True
+                chunks.clear()
+                if size > 4 * self.max_body:
+                    break
+                continue
             chunks.append(c)
+        if over:
+            raise HttpError(413, f"request body of {declared if declared is not None else 'more than ' + str(size)} "
+                                 f"bytes is over the limit of {self.max_body} (--http-max-mb)")
         return b"".join(chunks)
 
     def _json(self, status: int, obj: Any, headers: dict[str, str] | None = None, media: str = "application/json"):
