@@ -36,10 +36,11 @@ test: setup serve-deps board-setup $(if $(filter 1,$(ARM64)),board-arm64)
 	$(BIN)/python -m pytest -q
 
 # The DICOM peers tests/serve talks to (dcmtk's storescu/echoscu, Orthanc as the PACS, dicom3tools'
-# dciodvfy for every SR), from Debian, installed where missing.
-SERVE_APT := dcmtk orthanc dicom3tools
+# dciodvfy for every SR, chromium and its driver for the page's browser test), from Debian, installed where missing.
+SERVE_APT := dcmtk orthanc dicom3tools chromium chromium-driver
 serve-deps:
-	@command -v storescu >/dev/null && command -v Orthanc >/dev/null && command -v dciodvfy >/dev/null || \
+	@command -v storescu >/dev/null && command -v Orthanc >/dev/null && command -v dciodvfy >/dev/null && \
+		command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(SERVE_APT); }
 
 lint: setup
