@@ -92,6 +92,7 @@ class HttpDoor:
         self.input_shape = [-1, int(pp.channels), int(pp.size), int(pp.size)]
         self.server = None
         self.thread: threading.Thread | None = None
+        self.inflight = 0  # infer requests in hand (touched only on the event loop's thread)
 
     @staticmethod
     def _read_token(path: Path | None) -> str | None:
@@ -252,9 +253,6 @@ class HttpDoor:
         return png_bytes(im)
 
     async def infer(self, request: Any):
-        from starlette.concurrency import run_in_threadpool
-        from starlette.responses import Response
-
         t0 = time.perf_counter()
         self._need_auth(request)
         self._model_name(request)
@@ -269,13 +267,26 @@ class HttpDoor:
         if len(req.inputs) != 1:
             raise HttpError(400, f"this model takes one input ({IMAGE_INPUT!r} or {self.input_name!r}), "
                                  f"the request has {len(req.inputs)}")
-        t = req.inputs[0]
         wanted = list(req.outputs) if req.outputs is not None else list(OUTPUTS)
         unknown = [o for o in wanted if o not in (*OUTPUTS, HEATMAP)]
         if unknown:
             raise HttpError(400, f"unknown output {unknown[0][:60]!r} (outputs: {', '.join((*OUTPUTS, HEATMAP))})")
-        if self.worker.jobs.full():
-            raise Busy("queue full")
+        if self.inflight >= self.cfg.http_queue:  # decoding and waiting for the worker, together: bounded
+            raise Busy(f"{self.inflight} requests in hand")
+        self.inflight += 1
+        self.metrics.current_requests.labels(self.model.name, VERSION).inc()
+        try:
+            return await self._infer(req, t0)
+        finally:
+            self.inflight -= 1
+            self.metrics.current_requests.labels(self.model.name, VERSION).dec()
+
+    async def _infer(self, req: oip.InferRequest, t0: float):
+        from starlette.concurrency import run_in_threadpool
+        from starlette.responses import Response
+
+        t = req.inputs[0]
+        wanted = list(req.outputs) if req.outputs is not None else list(OUTPUTS)
         small: list[np.ndarray] = []
         uids: list[str | None] = []
         if t.name == IMAGE_INPUT:
@@ -300,15 +311,11 @@ class HttpDoor:
         heat = HEATMAP in wanted
         if heat and not small:
             raise HttpError(400, f"output {HEATMAP!r} needs the {IMAGE_INPUT!r} input (an encoded file)")
-        self.metrics.current_requests.labels(self.model.name, VERSION).inc()
+        fut = self.worker.submit(self._job(x, heat))
         try:
-            fut = self.worker.submit(self._job(x, heat))
-            try:
-                res = await asyncio.wait_for(asyncio.wrap_future(fut), timeout=120)
-            except asyncio.TimeoutError:
-                raise HttpError(504, "the worker did not answer within 120 s") from None
-        finally:
-            self.metrics.current_requests.labels(self.model.name, VERSION).dec()
+            res = await asyncio.wait_for(asyncio.wrap_future(fut), timeout=120)
+        except asyncio.TimeoutError:
+            raise HttpError(504, "the worker did not answer within 120 s") from None
         probs = res["prob"]
         self.metrics.inference_us(res["infer_s"] * 1e6)
         thr = self.model.threshold
