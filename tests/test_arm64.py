@@ -118,10 +118,11 @@ def test_the_wheel_folder_installs_with_no_network():
     # every device-side dependency of every target resolves from the folder alone
     whl = next(WHEELS.glob("edgecxr-*.whl"))
     p = board("unshare", "-n", "python", "-m", "pip", "install", "--dry-run", "--ignore-installed", "--no-index",
-              "--find-links", WHEELS, "--report", "-", "-q", f"{whl}[rpi,nuc,jetson]")
+              "--find-links", WHEELS, "--report", "-", "-q", f"{whl}[rpi,nuc,jetson,serve]")
     assert p.returncode == 0, p.stderr
     names = {i["metadata"]["name"].lower() for i in json.loads(p.stdout)["install"]}
     assert {"edgecxr", "ai-edge-litert", "onnxruntime", "openvino", "numpy", "pillow", "pydicom"} <= names
+    assert {"pynetdicom", "highdicom", "pylibjpeg-libjpeg", "starlette", "uvicorn", "prometheus-client"} <= names
 
 
 KEYS = [f"{t}-{p}" for t in ("rpi", "nuc", "jetson") for p in ("int8", "fp32")]
@@ -271,6 +272,74 @@ def test_emulated_board_on_a_serial_cable(bundles, tmp_path):
     assert "## x86-host" in host_part and "**Emulated** (qemu-user cortex-a76)" in emu_part
     emu_row = next(ln for ln in emu_part.splitlines() if ln.startswith(f"| {b.name} |"))
     assert emu_row.split("|")[5:8] == [" – ", " – ", " – "], emu_row
+
+
+def test_serve_on_the_board_takes_dicom_and_oip(bundles, tmp_path):
+    """`edgecxr serve` inside the board, both doors: dcmtk's storescu on the host sends a DX film into the
+    board's DICOM port and the board writes its SR; tritonclient on the host reads a file through the
+    board's Open Inference Protocol port, and gets the probability `predict` gives on x86."""
+    import shutil
+    import signal
+    import socket
+    import urllib.request
+
+    from tests.hostile import write_dicom
+    from tests.serve.test_dicom_node import _study, _xray
+
+    if shutil.which("storescu") is None:
+        if os.environ.get("CI"):
+            pytest.fail("storescu is missing: `make serve-deps` installs dcmtk")
+        pytest.skip("storescu is missing (make serve-deps)")
+    th = pytest.importorskip("tritonclient.http")
+
+    def free() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    b = bundles["rpi-int8"]
+    hport, dport, spool = free(), free(), tmp_path / "spool"
+    env = {**os.environ, "QEMU_CPU": "cortex-a76"}
+    node = subprocess.Popen(["sh", str(SCRIPT), "run", "edgecxr", "serve", str(b), "--allow-unsigned", "--dicom-port",
+                             str(dport), "--http", f"127.0.0.1:{hport}", "--spool", str(spool)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        t0 = time.monotonic()
+        while True:
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{hport}/v2/health/ready", timeout=5).status == 200:
+                    break
+            except OSError:
+                pass
+            assert node.poll() is None, node.stderr.read()
+            assert time.monotonic() - t0 < 300, "serve on the board was not ready in 300 s"
+            time.sleep(1)
+        c = th.InferenceServerClient(f"127.0.0.1:{hport}", network_timeout=300)
+        assert c.get_model_metadata(b.name)["name"] == b.name
+        inp = th.InferInput("image", [1], "BYTES")
+        inp.set_data_from_numpy(np.array([Path(IMAGES[0]).read_bytes()], dtype=object))
+        prob = float(c.infer(b.name, [inp]).as_numpy("probability")[0])
+        p = run_cli("predict", b, IMAGES[0], "--json")
+        assert p.returncode == 0, p.stderr
+        assert abs(prob - json.loads(p.stdout.splitlines()[0])["prob"]) < 1e-6  # LiteRT int8: x86 = arm64
+        film = write_dicom(tmp_path / "chest.dcm", _xray("PNEUMONIA"), **_study())
+        s = subprocess.run(["storescu", "-aec", "EDGECXR", "127.0.0.1", str(dport), str(film)], capture_output=True,
+                           text=True, timeout=300)
+        assert s.returncode == 0, s.stdout + s.stderr
+        t0 = time.monotonic()
+        while not list((spool / "sr").glob("*.dcm")):
+            assert time.monotonic() - t0 < 300, "no SR from the board in 300 s"
+            time.sleep(1)
+        lines = [json.loads(x) for x in (spool / "results.jsonl").read_text().splitlines()]
+        assert [r["status"] for r in lines if r.get("door") == "dicom"] == ["read"], lines
+    finally:
+        os.killpg(node.pid, signal.SIGTERM)
+        try:
+            _, err = node.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(node.pid, signal.SIGKILL)
+            _, err = node.communicate()
+    assert "Traceback" not in err and "stopped" in err, err
 
 
 @pytest.mark.slow

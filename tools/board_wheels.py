@@ -62,6 +62,7 @@ def main() -> None:
     a = ap.parse_args()
     names = ["rpi4", "nuc", "jetson-orin-nano"] if a.targets == ["all"] else a.targets
     extras, arch = extras_for(names)
+    extras.append("serve")  # every board can be a clinic node (edgecxr serve); no torch in it either
     arch = a.arch or arch
     out = a.out.resolve()
     tmp = out.with_name(out.name + ".tmp")

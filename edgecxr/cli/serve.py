@@ -38,6 +38,8 @@ def serve(
     threads: Annotated[int | None, typer.Option(help="Runtime threads")] = None,
     max_pixels: Annotated[int | None, typer.Option(help="Refuse images with more pixels than this, from the "
                                                         "header (default: 64000000)")] = None,
+    heatmap: Annotated[bool, typer.Option("--heatmap", help="Also send a Secondary Capture of the occlusion "
+                                          "heatmap, NOT FOR DIAGNOSIS burned into its pixels")] = False,
     http: Annotated[str | None, typer.Option(help="Also serve HTTP on HOST:PORT (a bare PORT: loopback): the Open "
                                                   "Inference Protocol (KServe v2) at /v2, DICOMweb STOW-RS at "
                                                   "/dicomweb/studies, /metrics, and a page at /")] = None,
@@ -61,6 +63,6 @@ def serve(
 
     cfg = load(config, bundle=bundle, ae_title=ae_title, dicom_port=dicom_port, host=host, pacs=pacs, spool=spool,
                allow_ae=allow_ae, spool_limit_mb=spool_limit_mb, allow_unsigned=allow_unsigned, key=key,
-               results=results, threads=threads, max_pixels=max_pixels, http=http, token_file=token_file,
+               results=results, threads=threads, max_pixels=max_pixels, heatmap=heatmap, http=http, token_file=token_file,
                tls_cert=tls_cert, tls_key=tls_key, http_max_mb=http_max_mb, http_queue=http_queue)
     raise typer.Exit(run_serve(cfg))

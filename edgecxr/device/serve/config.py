@@ -87,6 +87,7 @@ class ServeConfig:
     allow_ae: list[str] = field(default_factory=list)
     spool_limit_mb: float = 1024.0
     allow_unsigned: bool = False
+    heatmap: bool = False  # also a Secondary Capture of the occlusion heatmap, "NOT FOR DIAGNOSIS" burned in
     key: list[Path] = field(default_factory=list)  # trusted public keys for this node (else the board's)
     threads: int | None = None
     max_pixels: int | None = None
@@ -128,7 +129,7 @@ def _coerce(name: str, v: Any) -> Any:
     if name == "http":
         parse_http(str(v))
         return str(v).strip()
-    if name in ("allow_unsigned",):
+    if name in ("allow_unsigned", "heatmap"):
         if not isinstance(v, bool):
             raise EdgeCXRError(f"{name.replace('_', '-')} must be true or false")
         return v
@@ -179,7 +180,7 @@ def load(config: Path | None, **options: Any) -> ServeConfig:
     """Defaults, then the config file, then every option that was given (not None / not empty)."""
     merged: dict[str, Any] = read_toml(config) if config else {}
     for k, v in options.items():
-        if v is None or (isinstance(v, (list, tuple)) and not v) or (k == "allow_unsigned" and v is False):
+        if v is None or (isinstance(v, (list, tuple)) and not v) or (k in ("allow_unsigned", "heatmap") and v is False):
             continue
         merged[k] = list(v) if isinstance(v, tuple) else v
     cfg = ServeConfig()

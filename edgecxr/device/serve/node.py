@@ -61,7 +61,7 @@ def serve(cfg: ServeConfig, log: Callable[[str], None] = _stderr, ready: Callabl
         outbox.metrics = metrics
     worker = Worker(spool, model, trust.digest, cfg.ae_title, cfg.results or spool.results, queue_outbox=outbox is not None,
                     keep_done=cfg.keep_done, on_result=outbox.kick if outbox else None, log=log, metrics=metrics,
-                    max_jobs=cfg.http_queue)
+                    max_jobs=cfg.http_queue, heatmap=cfg.heatmap)
     metrics.track(lambda: worker.jobs.qsize() + len(spool.pending()),
                   lambda: len(outbox.pending()) if outbox else 0)
     dicom = f"{cfg.ae_title}@{cfg.host}:{cfg.dicom_port}" if cfg.dicom_port else None

@@ -22,7 +22,8 @@ from edgecxr.device.serve.config import Peer
 from edgecxr.shared.fsutil import fsync_dir
 
 OK_STATUSES = {0x0000, 0xB000, 0xB006, 0xB007}
-SR_CLASSES = ("1.2.840.10008.5.1.4.1.1.88.34",)  # Comprehensive 3D SR
+SR_CLASSES = ("1.2.840.10008.5.1.4.1.1.88.34",  # Comprehensive 3D SR
+              "1.2.840.10008.5.1.4.1.1.7")  # Secondary Capture (the --heatmap picture)
 
 
 class Outbox(threading.Thread):

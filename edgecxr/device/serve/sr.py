@@ -88,3 +88,62 @@ def build_sr(source: Any, finding: Finding, device_uid: str, ae_title: str) -> A
             is_complete=True, is_final=False, is_verified=False,
             series_description="edgecxr pneumonia (AI result, unverified)")
     return sr
+
+
+# ---------------------------------------------------------------- the heatmap (--heatmap)
+HEATMAP_SERIES_NUMBER = 9902
+NOT_FOR_DIAGNOSIS = "NOT FOR DIAGNOSIS"
+
+
+def sc_uids(source_uid: str, bundle_digest: str) -> tuple[str, str]:
+    """(SC SOP Instance UID, SC Series Instance UID), derived as the SR's are."""
+    from pydicom.uid import generate_uid
+
+    return tuple(str(generate_uid(entropy_srcs=[f"edgecxr-sc-{part}", source_uid, bundle_digest]))  # type: ignore[return-value]
+                 for part in ("instance", "series"))
+
+
+def burn_banner(rgb: Any, text: str = NOT_FOR_DIAGNOSIS) -> Any:
+    """The same picture with a band on top that says ``text`` in its pixels (a viewer that drops overlays
+    and annotations still shows it)."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from edgecxr.device.explain import _font
+
+    im = Image.fromarray(np.asarray(rgb, np.uint8), "RGB")
+    w, h = im.size
+    fs = max(14, min(40, w // 18))
+    band = int(fs * 1.6)
+    out = Image.new("RGB", (w, h + band), (160, 0, 0))
+    out.paste(im, (0, band))
+    d = ImageDraw.Draw(out)
+    font = _font(fs)
+    tw = d.textlength(text, font=font)
+    d.text(((w - tw) / 2, (band - fs) / 2), text, fill=(255, 255, 255), font=font)
+    return np.asarray(out, np.uint8)
+
+
+def build_heatmap_sc(source: Any, rgb: Any, finding: Finding) -> Any:
+    """A Secondary Capture (RGB) of the heatmap in the source study, its own series, "NOT FOR DIAGNOSIS"
+    burned into the pixels and said in the header (BurnedInAnnotation YES, ImageComments)."""
+    import highdicom as hd
+    import numpy as np
+
+    sop_uid, series_uid = sc_uids(str(source.SOPInstanceUID), finding.digest)
+    px = np.ascontiguousarray(burn_banner(rgb))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sc = hd.sc.SCImage.from_ref_dataset(
+            ref_dataset=source, pixel_array=px, photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+            bits_allocated=8, coordinate_system=hd.CoordinateSystemNames.PATIENT, series_instance_uid=series_uid,
+            series_number=HEATMAP_SERIES_NUMBER, sop_instance_uid=sop_uid, instance_number=1,
+            manufacturer=MANUFACTURER, patient_orientation=("L", "F") if "PatientOrientation" not in source
+            else tuple(source.PatientOrientation)[:2],
+            series_description=f"edgecxr heatmap ({NOT_FOR_DIAGNOSIS})"[:64])
+    sc.BurnedInAnnotation = "YES"
+    sc.BodyPartExamined = "CHEST"  # only chest films get here; so Laterality (2C, paired parts only) stays out
+    sc.ImageComments = f"{NOT_FOR_DIAGNOSIS}: occlusion heatmap of {finding.bundle} (p={finding.prob:.4f}, " \
+                       f"threshold {finding.threshold:.4f})"
+    sc.ConversionType = "WSD"
+    return sc

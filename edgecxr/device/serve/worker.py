@@ -67,11 +67,13 @@ class Busy(Exception):
 class Worker(threading.Thread):
     def __init__(self, spool: Spool, model: Any, digest: str, ae_title: str, results: Path,
                  queue_outbox: bool, keep_done: int = 1000, on_result: Callable[[], None] | None = None,
-                 log: Callable[[str], None] = lambda s: None, metrics: Any = None, max_jobs: int = 16):
+                 log: Callable[[str], None] = lambda s: None, metrics: Any = None, max_jobs: int = 16,
+                 heatmap: bool = False):
         super().__init__(name="edgecxr-worker", daemon=True)
         self.spool, self.model, self.digest, self.ae_title = spool, model, digest, ae_title
         self.results, self.queue_outbox, self.keep_done = Path(results), queue_outbox, max(1, keep_done)
         self.on_result, self.log, self.metrics = on_result, log, metrics
+        self.heatmap, self._occluder = heatmap, None
         self.device_uid = self._device_uid()
         self._halt = threading.Event()
         self.recent: deque[dict[str, Any]] = deque(maxlen=50)  # the newest result lines, for the page
@@ -259,15 +261,17 @@ class Worker(threading.Thread):
         sr.save_as(buf, enforce_file_format=True)
         sr_file = self.spool.sr / f"{sr_uid}.dcm"
         durable_write(sr_file, buf.getvalue())
-        if self.queue_outbox:
-            link = self.spool.outbox / f"{seq:012d}-{sr_uid}.dcm"
-            if not link.exists():
-                with contextlib.suppress(FileExistsError):
-                    os.link(sr_file, link)
-                fsync_dir(self.spool.outbox)
+        self._queue(seq, sr_file)
+        sc_uid = None
+        if self.heatmap:
+            try:
+                sc_uid = self._heatmap(seq, hdr, grey, r, positive)
+            except Exception as e:  # the picture is extra: its failure must not cost the report
+                self.log(f"worker: no heatmap for {uid[:64]} ({e.__class__.__name__}: {str(e)[:160]})")
         t3 = time.time()
         rec = {**base, "status": "read", "call": r.label, "prob": round(r.prob, 6), "threshold": r.threshold,
                "bundle": self.model.name, "bundle_digest": self.digest, "sr_instance_uid": sr_uid,
+               **({"heatmap_instance_uid": sc_uid} if sc_uid else {}),
                "timings_ms": {"waited": round(waited_ms, 2), "predict": round((t2 - t1) * 1000, 2),
                               "sr": round((t3 - t2) * 1000, 2), "total": round((t3 - t0) * 1000, 2)}}
         self._line(rec)
@@ -277,6 +281,44 @@ class Worker(threading.Thread):
             self.metrics.request_us("STOW" if door == "stow" else "DICOM", (t3 - t0) * 1e6 + waited_ms * 1e3)
         if self.on_result:
             self.on_result()
+
+    def _queue(self, seq: int, f: Path) -> None:
+        """Link a written report (or heatmap) into the outbox, once."""
+        if not self.queue_outbox:
+            return
+        link = self.spool.outbox / f"{seq:012d}-{f.name}"
+        if not link.exists():
+            with contextlib.suppress(FileExistsError):
+                os.link(f, link)
+            fsync_dir(self.spool.outbox)
+
+    def _heatmap(self, seq: int, hdr: Any, grey: Any, r: Any, positive: bool) -> str:
+        """The occlusion heatmap as a Secondary Capture in the source study ("NOT FOR DIAGNOSIS" in its pixels)."""
+        from io import BytesIO
+
+        import numpy as np
+
+        from edgecxr.device.explain import Occluder, OcclusionConfig, headline_for, render
+        from edgecxr.device.serve.sr import build_heatmap_sc, sc_uids
+        from edgecxr.shared.preprocess import preprocess_grey
+
+        sc_uid = sc_uids(str(hdr.SOPInstanceUID), self.digest)[0]
+        sc_file = self.spool.sr / f"{sc_uid}.dcm"
+        if not sc_file.exists():
+            if self._occluder is None:
+                self._occluder = Occluder(self.model.backend.infer, self.model.preprocess,
+                                          OcclusionConfig(grid=8, budget_s=3.0))
+                self._occluder.warm_up()
+            heat = self._occluder.explain(preprocess_grey(grey, self.model.preprocess)).heat
+            im = render(grey, heat, positive, [f"{self.model.name}   {self.digest[:19]}"],
+                        headline_for(r.label, r.prob, r.threshold), cells=8)
+            sc = build_heatmap_sc(hdr, np.asarray(im.convert("RGB")),
+                                  Finding(r.prob, positive, r.threshold, self.model.name, self.digest))
+            buf = BytesIO()
+            sc.save_as(buf, enforce_file_format=True)
+            durable_write(sc_file, buf.getvalue())
+        self._queue(seq, sc_file)
+        return sc_uid
 
     def _refuse(self, p: Path, base: dict[str, Any], hdr: Any, reason: str, t0: float, waited_ms: float,
                 reading: Any = None, failed: bool = False) -> None:
