@@ -64,24 +64,34 @@ def rss(pid: int) -> float:
 
 
 def main() -> None:
+    import importlib.util
+
     out = {}
     for name, src in APPS.items():
+        mods = {"starlette + uvicorn": "starlette", "fastapi + uvicorn": "fastapi", "aiohttp": "aiohttp"}
+        if name in mods and importlib.util.find_spec(mods[name]) is None:
+            out[name] = None  # not installed in this interpreter
+            continue
         p = port()
         proc = subprocess.Popen([sys.executable, "-c", src.replace("PORT", str(p))])
         t0 = time.time()
         while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"{name} exited")
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{p}/", timeout=2).read()
                 break
             except OSError:
-                if time.time() - t0 > 30:
+                if time.time() - t0 > 120:
                     raise SystemExit(f"{name} did not start") from None
                 time.sleep(0.2)
         time.sleep(0.5)
         out[name] = rss(proc.pid)
         proc.terminate()
         proc.wait(10)
-    print(json.dumps({"python": sys.version.split()[0], "idle_rss_mb": out}, indent=1))
+    import platform
+
+    print(json.dumps({"python": sys.version.split()[0], "machine": platform.machine(), "idle_rss_mb": out}, indent=1))
 
 
 if __name__ == "__main__":
