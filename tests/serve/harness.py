@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -197,6 +198,7 @@ class Orthanc:
             "RemoteAccessAllowed": False,
             "AuthenticationEnabled": False,
             "DicomCheckCalledAet": True,
+            "DicomAlwaysAllowFind": True,  # findscu from the test's AE title
             "DicomModalities": {"edgecxr": [node_aet, "127.0.0.1", node_port]},
             "LuaScripts": [str(self.lua)],
             "DicomAssociationCloseDelay": 0,
@@ -240,6 +242,14 @@ class Orthanc:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def find_series(self, study_instance_uid: str) -> list[str]:
+        """dcmtk's findscu, C-FIND at SERIES level in one study: the Modality of each series Orthanc answers."""
+        p = subprocess.run(["findscu", "-S", "-aet", CALLING, "-aec", PACS_AET, "127.0.0.1", str(self.dicom_port),
+                            "-k", "QueryRetrieveLevel=SERIES", "-k", f"StudyInstanceUID={study_instance_uid}",
+                            "-k", "Modality", "-k", "SeriesInstanceUID"], capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stdout + p.stderr
+        return sorted(m.group(1).strip() for m in re.finditer(r"\(0008,0060\) CS \[([^\]]*)\]", p.stdout + p.stderr))
 
     # ------------------------------------------------------------ REST
     def _call(self, path: str, body: dict | None = None):

@@ -1,6 +1,6 @@
 """Orthanc as the clinic's PACS: a modality (dcmtk's storescu) sends X-rays to Orthanc, Orthanc's Lua
 rule forwards them to `edgecxr serve`, and the node's SR comes back into Orthanc, into the source
-study, seen through Orthanc's REST API. Then the PACS goes away: a report waits in the node's outbox
+study, seen through Orthanc's REST API and dcmtk's findscu. Then the PACS goes away: a report waits in the node's outbox
 on disk and goes out when Orthanc, restarted on the same storage, answers again."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import time
 
 from tests.serve.harness import CALLING, PACS_AET, Node, Orthanc, free_port, need_tools, store, study_uid, uid, wait_for
 
-TOOLS = ("storescu", "echoscu", "Orthanc")
+TOOLS = ("storescu", "echoscu", "findscu", "Orthanc")
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 
 
@@ -48,6 +48,7 @@ def test_orthanc_gets_one_sr_per_film_in_the_source_study_and_the_outbox_drains_
             assert sr["StudyInstanceUID"] == study_uid(f) and sr["PatientID"] == "P0001"
             assert sr["AccessionNumber"] == "A1" and sr["VerificationFlag"] == "UNVERIFIED"
             assert _referenced(sr) == uid(f)
+            assert pacs.find_series(study_uid(f)) == ["DX", "SR"]  # and over DICOM, C-FIND
         by_uid = {r["sop_instance_uid"]: r for r in node.wait_lines(3)}
         assert {k: by_uid[uid(f)]["status"] for k, f in (("a", chests[0]), ("b", chests[1]), ("s", skull))} == \
             {"a": "read", "b": "read", "s": "refused"}
