@@ -103,48 +103,70 @@ def bench_p50(bundle: Path) -> dict:
             or (rec.get("runtime") or {}).get("threads")}
 
 
+def acknowledged(storescu_log: str) -> list[str]:
+    """The files a ``storescu -v`` run got a success response for."""
+    acked, cur = [], None
+    for ln in storescu_log.splitlines():
+        if "Sending file:" in ln:
+            cur = ln.split("Sending file:", 1)[1].strip()
+        elif "Received Store Response (Success)" in ln and cur:
+            acked.append(cur)
+            cur = None
+    return acked
+
+
+def storescu(dest: int, called: str, files: list[Path]) -> subprocess.Popen:
+    return subprocess.Popen(["storescu", "-v", "-aet", CALLING, "-aec", called, "127.0.0.1", str(dest), *map(str, files)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def make_films(folder: Path, n: int, first: int) -> list[Path]:
+    folder.mkdir(parents=True)
+    return [write_dicom(folder / f"{k:04d}.dcm", xray("PNEUMONIA" if k % 2 else "NORMAL", k // 2), **study())
+            for k in range(first, first + n)]
+
+
+def summary(xs: list[float]) -> dict:
+    return {"n": len(xs), "p50": pct(xs, 50), "p99": pct(xs, 99), "max": max(xs) if xs else None}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("bundle", type=Path)
     ap.add_argument("--instances", type=int, default=200)
     ap.add_argument("--senders", type=int, default=4)
+    ap.add_argument("--idle", type=int, default=10, help="first, this many instances one at a time (no queue)")
     ap.add_argument("--via-pacs", action="store_true", help="storescu sends to Orthanc, which forwards to the node")
+    ap.add_argument("--kill-after", type=int, default=0, help="kill -9 the node when the load has this many results, "
+                    "restart it, re-send what storescu got no success for; then count the SRs per film")
     ap.add_argument("--work", type=Path, default=Path("/tmp/edgecxr-dicom-load"))
-    ap.add_argument("--out", type=Path, help="JSON results (default: benchmarks/serve/load-direct.json, load-via-pacs.json)")
+    ap.add_argument("--out", type=Path, help="JSON results (default: benchmarks/serve/load-{direct,via-pacs,kill9}.json)")
     ap.add_argument("--timeout", type=float, default=900)
     a = ap.parse_args()
-    a.out = a.out or ROOT / "benchmarks" / "serve" / f"load-{'via-pacs' if a.via_pacs else 'direct'}.json"
-    need = ("storescu", "echoscu", "Orthanc")
+    if a.kill_after and a.via_pacs:
+        raise SystemExit("dicom_load: --kill-after goes straight to the node (Orthanc would not re-forward)")
+    mode = "kill9" if a.kill_after else "via-pacs" if a.via_pacs else "direct"
+    a.out = a.out or ROOT / "benchmarks" / "serve" / f"load-{mode}.json"
     try:
-        need_tools(*need)
+        need_tools("storescu", "echoscu", "Orthanc")
     except BaseException as e:  # pytest's skip outside pytest
-        raise SystemExit(f"dicom_load: {e} (make serve-deps)") from None
+        raise SystemExit(f"dicom_load: {e}") from None
 
     import shutil
+
+    import pydicom
 
     if a.work.exists():
         shutil.rmtree(a.work)
     a.work.mkdir(parents=True)
-    films = a.work / "films"
     per = a.instances // a.senders
     n = per * a.senders
-    groups: list[list[Path]] = []
-    k = 0
-    for s in range(a.senders):
-        d = films / f"sender{s}"
-        d.mkdir(parents=True)
-        g = []
-        for _ in range(per):
-            g.append(write_dicom(d / f"{k:04d}.dcm", xray("PNEUMONIA" if k % 2 else "NORMAL", k // 2), **study()))
-            k += 1
-        groups.append(g)
-    studies = {}
-    import pydicom
-
-    for g in groups:
-        for f in g:
-            ds = pydicom.dcmread(f, stop_before_pixels=True)
-            studies[str(ds.StudyInstanceUID)] = str(ds.SOPInstanceUID)
+    idle_films = make_films(a.work / "films" / "idle", a.idle, 0)
+    groups = [make_films(a.work / "films" / f"sender{s}", per, a.idle + s * per) for s in range(a.senders)]
+    study_of = {str(f): str(pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID)
+                for f in idle_films + [f for g in groups for f in g]}
+    idle_studies = [study_of[str(f)] for f in idle_films]
+    load_studies = [study_of[str(f)] for g in groups for f in g]
 
     print(f"bench: p50 inference of {a.bundle.name} ...", flush=True)
     bench = bench_p50(a.bundle)
@@ -157,75 +179,115 @@ def main() -> None:
     node.start()
     changes = Changes(pacs)
     changes.start()
+    dest, called = (pacs.dicom_port, PACS_AET) if a.via_pacs else (node.port, NODE_AET)
+    fault: dict = {}
     try:
-        dest, called = (pacs.dicom_port, PACS_AET) if a.via_pacs else (node.port, NODE_AET)
+        print(f"idle: {a.idle} instances one at a time", flush=True)
+        for f in idle_films:
+            p = storescu(dest, called, [f])
+            out = p.communicate(timeout=120)[0]
+            if p.returncode != 0:
+                raise SystemExit("storescu failed: " + out[-2000:])
+            st = study_of[str(f)]
+            t0 = time.time()
+            while not pacs.find("Series", Modality="SR", StudyInstanceUID=st):
+                if time.time() - t0 > 120:
+                    raise SystemExit(f"no SR in Orthanc for {f.name} after 120 s: {node.log()[-2000:]}")
+                time.sleep(0.02)
+        n_idle_lines = len(node.lines())
         print(f"load: {a.senders} storescu x {per} instances -> {'Orthanc -> ' if a.via_pacs else ''}node", flush=True)
         t_start = time.time()
-        procs = [subprocess.Popen(["storescu", "-aet", CALLING, "-aec", called, "127.0.0.1", str(dest), *map(str, g)],
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for g in groups]
+        procs = [storescu(dest, called, g) for g in groups]
+        if a.kill_after:
+            while len(node.lines()) - n_idle_lines < a.kill_after and any(p.poll() is None for p in procs):
+                time.sleep(0.01)
+            node.kill()
+            fault["killed_at_results"] = len(node.lines()) - n_idle_lines
+            fault["killed_at_s"] = time.time() - t_start
         outs = [p.communicate(timeout=a.timeout)[0] for p in procs]
         t_sent = time.time()
-        failed = [o for p, o in zip(procs, outs, strict=True) if p.returncode != 0]
-        if failed:
-            raise SystemExit("storescu failed: " + failed[0][-2000:])
-        # wait for every SR in Orthanc (the source's study holds an SR)
+        acked = [x for o in outs for x in acknowledged(o)]
+        if a.kill_after:
+            fault["acknowledged_before_kill"] = len(acked)
+            node.start()
+            fault["restart_s"] = time.time() - t_start - fault["killed_at_s"]
+            left = [f for g in groups for f in g if str(f) not in set(acked)]
+            fault["resent"] = len(left)
+            if left:  # the modality sends again what it got no success for
+                p = storescu(dest, called, left)
+                out = p.communicate(timeout=a.timeout)[0]
+                if p.returncode != 0:
+                    raise SystemExit("storescu (re-send) failed: " + out[-2000:])
+                acked += acknowledged(out)
+            t_sent = time.time()  # accepted: until the re-send is acknowledged too
+        elif any(p.returncode != 0 for p in procs):
+            raise SystemExit("storescu failed: " + next(o for p, o in zip(procs, outs, strict=True) if p.returncode)[-2000:])
+        # wait for every SR in Orthanc
         t0 = time.time()
-        while True:
-            srs = pacs.find("Series", Modality="SR")
-            if len(srs) >= n or time.time() - t0 > a.timeout:
-                break
+        while len(pacs.find("Series", Modality="SR")) < a.idle + n and time.time() - t0 < a.timeout:
             time.sleep(0.5)
-        time.sleep(0.3)
-        t_end_poll = time.time()
+        time.sleep(1.0)
     finally:
         changes.halt.set()
         changes.join(5)
         stopped = node.stop()
-    # resolve the instances Orthanc saw: modality and study
-    sr_at, img_at = {}, {}
+    # what Orthanc holds: SRs per study, and when each instance was first seen
+    sr_at, img_at, sr_count = {}, {}, {}
     for iid, seen in changes.seen.items():
         tags = pacs.tags(iid)
         st = tags.get("StudyInstanceUID")
         if tags.get("Modality") == "SR":
-            sr_at[st] = seen
+            sr_at[st] = min(seen, sr_at.get(st, seen))
+            sr_count[st] = sr_count.get(st, 0) + 1
         else:
             img_at[st] = seen
     pacs.stop()
     lines = node.lines()
-    by_study = {r.get("study_instance_uid"): r for r in lines}
-    lat_ms, totals, predicts, srs_ms = [], [], [], []
-    for st in studies:
-        r = by_study.get(st)
-        if r is None or st not in sr_at:
-            continue
-        if a.via_pacs:
-            if st not in img_at:
+    read = {r.get("study_instance_uid"): r for r in lines if r.get("status") == "read"}
+
+    def timings(studies: list[str]) -> dict:
+        lat, total, pred, sr = [], [], [], []
+        for st in studies:
+            r = read.get(st)
+            if r is None or st not in sr_at or (a.via_pacs and st not in img_at):
                 continue
-            c_store = img_at[st]
-        else:
-            c_store = datetime.fromisoformat(r["time"].replace("Z", "+00:00")).timestamp() - r["timings_ms"]["waited"] / 1000
-        lat_ms.append((sr_at[st] - c_store) * 1000)
-        totals.append(r["timings_ms"]["total"])
-        predicts.append(r["timings_ms"].get("predict", 0.0))
-        srs_ms.append(r["timings_ms"].get("sr", 0.0))
-    t_last_sr = max(sr_at.values()) if sr_at else t_end_poll
+            c_store = img_at[st] if a.via_pacs else \
+                datetime.fromisoformat(r["time"].replace("Z", "+00:00")).timestamp() - r["timings_ms"]["waited"] / 1000
+            lat.append((sr_at[st] - c_store) * 1000)
+            total.append(r["timings_ms"]["total"])
+            pred.append(r["timings_ms"]["predict"])
+            sr.append(r["timings_ms"]["sr"])
+        return {"cstore_to_sr_in_orthanc_ms": summary(lat), "node_total_ms": summary(total),
+                "node_predict_ms": summary(pred), "node_sr_ms": summary(sr)}
+
+    t_last_sr = max((sr_at[st] for st in load_studies if st in sr_at), default=float("nan"))
     res = {
         "when": datetime.now().astimezone().isoformat(timespec="seconds"),
-        "bundle": a.bundle.name, "instances": n, "senders": a.senders,
+        "bundle": a.bundle.name, "bundle_backend": json.loads((a.bundle / "manifest.json").read_text()).get("backend"),
         "path": "storescu -> Orthanc -> node -> Orthanc" if a.via_pacs else "storescu -> node -> Orthanc",
         "cpu": cpu_model(), "cores": os.cpu_count(), "cpu_flags": cpu_flags(), "python": platform.python_version(),
-        "read": sum(1 for r in lines if r.get("status") == "read"),
-        "refused": sum(1 for r in lines if r.get("status") == "refused"),
-        "srs_in_orthanc": len(sr_at), "matched": len(lat_ms), "node_exit": stopped,
-        "accepted_per_s": n / (t_sent - t_start), "end_to_end_per_s": n / (t_last_sr - t_start),
-        "storescu_s": t_sent - t_start, "first_send_to_last_sr_s": t_last_sr - t_start,
-        "cstore_to_sr_ms": {"p50": pct(lat_ms, 50), "p99": pct(lat_ms, 99), "max": max(lat_ms) if lat_ms else None},
-        "node_ms": {"total_p50": pct(totals, 50), "total_p99": pct(totals, 99), "predict_p50": pct(predicts, 50),
-                    "sr_p50": pct(srs_ms, 50)},
-        "bench": bench,
+        "loadavg_after": os.getloadavg(),
+        "bench_inference_ms": bench,
+        "idle": {"instances": a.idle, **timings(idle_studies)},
+        "load": {"instances": n, "senders": a.senders, "storescu_s": t_sent - t_start,
+                 "first_send_to_last_sr_s": t_last_sr - t_start, "accepted_per_s": n / (t_sent - t_start),
+                 "end_to_end_per_s": n / (t_last_sr - t_start), **timings(load_studies)},
+        "results": {s: sum(1 for r in lines if r.get("status") == s) for s in ("read", "refused", "duplicate")},
+        "srs_per_film": {"one": sum(1 for st in study_of.values() if sr_count.get(st) == 1),
+                         "none": sum(1 for st in study_of.values() if st not in sr_count),
+                         "more": sum(1 for st in study_of.values() if sr_count.get(st, 0) > 1)},
+        "node_exit": stopped,
     }
-    res["ratio_node_total_p50_to_bench_p50"] = res["node_ms"]["total_p50"] / bench["p50_ms"] if totals else None
-    res["ratio_cstore_to_sr_p50_to_bench_p50"] = res["cstore_to_sr_ms"]["p50"] / bench["p50_ms"] if lat_ms else None
+    if a.kill_after:
+        acked_studies = {study_of[x] for x in acked}
+        fault["acknowledged_total"] = len(acked_studies)
+        fault["acknowledged_with_one_sr"] = sum(1 for st in acked_studies if sr_count.get(st) == 1)
+        res["fault_kill9"] = fault
+    for k in ("idle", "load"):
+        p50 = res[k]["node_total_ms"]["p50"]
+        e2e = res[k]["cstore_to_sr_in_orthanc_ms"]["p50"]
+        res[k]["ratio_node_total_p50_to_bench_p50"] = p50 / bench["p50_ms"] if p50 else None
+        res[k]["ratio_cstore_to_sr_p50_to_bench_p50"] = e2e / bench["p50_ms"] if e2e else None
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(res, indent=2) + "\n")
     print(json.dumps(res, indent=2))
