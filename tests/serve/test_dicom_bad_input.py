@@ -1,5 +1,7 @@
 """Bad input over DICOM, sent by pynetdicom's own SCU: each gets a DICOM status or a logged refusal,
-never a crash, and the next instance in the same association still succeeds. And a full spool:
+never a crash, and the next instance in the same association still succeeds: short pixel data, files
+cut in their pixels and in their header (sent raw, as they are on disk), JPEG noise, a JPEG 2000 cut in
+half, a 30000 x 30000 header, and a header that no SR can carry. And a full spool:
 0xA700 (out of resources), nothing half-written, and room again once the worker has drained it."""
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.encaps import encapsulate, generate_fragments
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit
 
 from tests.hostile import DX_STORAGE, write_dicom
 from tests.serve.harness import CALLING, NODE_AET, Node, echo, free_port, need_tools, study, uid, wait_for, xray
@@ -26,8 +29,8 @@ def association(port: int):
 
     ae = AE(ae_title=CALLING)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
-    for ts in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):  # one context each: a raw file is sent as it is
-        ae.add_requested_context(DX_STORAGE, ts)
+    for ts in (ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit, JPEG2000Lossless):
+        ae.add_requested_context(DX_STORAGE, ts)  # one context each: a raw or compressed file goes as it is
     assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AET)
     assert assoc.is_established, "the node did not accept the association"
     try:
@@ -80,9 +83,25 @@ def bad_films(tmp_path) -> dict[str, Path]:
     cut_pixels = _cut(whole, d / "cut_pixels.dcm", _offset_of_pixels(whole) + 224 * 112)
     whole2 = write_dicom(d / "whole2.dcm", b, **study())
     cut_header = _cut(whole2, d / "cut_header.dcm", 420)
+    # compressed, and broken: JPEG baseline whose one fragment is noise; a real JPEG 2000 cut in half
+    noise = write_dicom(d / "jpeg_noise.dcm", b, **study())
+    ds = pydicom.dcmread(noise)
+    ds.PixelData = encapsulate([np.random.default_rng(7).integers(0, 256, 4000, dtype=np.uint8).tobytes()])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.save_as(noise, enforce_file_format=True)
+    j2k = write_dicom(d / "j2k_cut.dcm", b, **study())
+    ds = pydicom.dcmread(j2k)
+    ds.compress(JPEG2000Lossless)
+    whole = b"".join(generate_fragments(ds.PixelData))
+    ds.PixelData = encapsulate([whole[:len(whole) // 2]])
+    ds.save_as(j2k, enforce_file_format=True)
     # a 30000 x 30000 DX: the header says 900 megapixels; the value is a small image
     huge = write_dicom(d / "huge.dcm", b[:64, :64], Rows=30000, Columns=30000, **study())
-    return {"short": short, "cut_pixels": cut_pixels, "cut_header": cut_header, "huge": huge, "good": good}
+    # a chest film whose header no SR can carry (Patient's Sex 'Q': highdicom accepts M, F, O)
+    sex_q = write_dicom(d / "sex_q.dcm", a, **study(PatientSex="Q"))
+    return {"short": short, "cut_pixels": cut_pixels, "cut_header": cut_header, "jpeg_noise": noise, "j2k_cut": j2k,
+            "huge": huge, "sex_q": sex_q, "good": good}
 
 
 def test_bad_input_in_one_association_is_refused_and_logged_and_the_next_film_is_read(bundles, bad_films, tmp_path):
@@ -95,22 +114,22 @@ def test_bad_input_in_one_association_is_refused_and_logged_and_the_next_film_is
     node.start()
     try:
         with association(node.port) as assoc:
-            statuses = {
-                "short": c_store(assoc, pydicom.dcmread(f["short"])),
-                "cut_pixels": c_store(assoc, f["cut_pixels"], raw=True),
-                "cut_header": c_store(assoc, f["cut_header"], raw=True),
-                "huge": c_store(assoc, pydicom.dcmread(f["huge"])),
-                "good": c_store(assoc, pydicom.dcmread(f["good"])),
-            }
+            statuses = {k: c_store(assoc, f[k], raw=True) if k.startswith("cut_") else
+                        c_store(assoc, pydicom.dcmread(f[k])) for k in f}
         # each was stored (the status says only that); the worker decides, and says why in the log
         assert statuses == dict.fromkeys(statuses, 0x0000), {k: hex(v) for k, v in statuses.items()}
-        lines = node.wait_lines(5, timeout=60)
-        assert len(lines) == 5, lines
-        by_seq = sorted(lines, key=lambda r: r["seq"])
-        short, cut_pixels, cut_header, huge, good = by_seq
-        for r in (short, cut_pixels, cut_header, huge):
-            assert r["status"] == "refused" and r["reason"], r
-            assert "sr_instance_uid" not in r and "call" not in r, r
+        lines = node.wait_lines(len(f), timeout=60)
+        assert len(lines) == len(f), lines
+        got = dict(zip(f, sorted(lines, key=lambda r: r["seq"]), strict=True))
+        short, cut_pixels, huge, good = got["short"], got["cut_pixels"], got["huge"], got["good"]
+        for k, r in got.items():
+            if k != "good":
+                assert r["status"] == "refused" and r["reason"], (k, r)
+                assert "sr_instance_uid" not in r, (k, r)
+        for k in ("jpeg_noise", "j2k_cut"):
+            assert got[k]["sop_instance_uid"] == uid(f[k]) and "pixel data" in got[k]["reason"].lower(), got[k]
+        # the film was read, but its header cannot go into a report: the reading is logged, no SR
+        assert "no SR can be made" in got["sex_q"]["reason"] and got["sex_q"]["call"] in ("NORMAL", "PNEUMONIA")
         assert short["sop_instance_uid"] == uid(f["short"]) and "pixel data" in short["reason"].lower(), short
         assert cut_pixels["sop_instance_uid"] == uid(f["cut_pixels"]), cut_pixels
         assert "pixel data" in cut_pixels["reason"].lower(), cut_pixels
