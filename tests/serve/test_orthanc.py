@@ -79,6 +79,8 @@ def test_orthanc_gets_one_sr_per_film_in_the_source_study_and_the_outbox_drains_
         for f in chests:
             assert len(pacs.srs(study_uid(f))) == 1
         assert len(pacs.find("Series", Modality="SR")) == 3
+        # every forward of the Lua rule reached the node: no SR was sent back to it (it would refuse one)
+        assert "Unable to send" not in pacs.log(), [ln for ln in pacs.log().splitlines() if "Unable to send" in ln]
         assert node.stop() == 0, node.log()
     finally:
         node.kill()
