@@ -1,14 +1,18 @@
 """DICOM load on `edgecxr serve`: 4 parallel dcmtk storescu send 200 X-rays, the node's SRs go to Orthanc.
 
     PYTHONPATH=. .venv/bin/python benchmarks/serve/dicom_load.py BUNDLE [--instances 200] [--senders 4]
-        [--via-pacs] [--out JSON]
+        [--idle 10] [--via-pacs | --kill-after N] [--out JSON]
 
 The set-up is the one of tests/serve/test_orthanc.py (its harness): Orthanc on loopback ports with its
 own configuration as the PACS, and the node with ``--pacs ORTHANC@...``. Each instance is a validation
 X-ray of tests/data/kermany_mini wrapped as an 8-bit DX file, each in its own study, so its SR is found
-by study. ``--senders`` storescu processes start together, each with ``instances / senders`` files in
+by study. First ``--idle`` instances go one at a time, each waiting for its SR in Orthanc (no queue);
+then the load: ``--senders`` storescu processes start together, each with ``instances / senders`` files in
 one association: straight to the node (default: the X-ray room sends to the board), or, with
-``--via-pacs``, to Orthanc, whose Lua rule forwards each image to the node.
+``--via-pacs``, to Orthanc, whose Lua rule forwards each image to the node. With ``--kill-after N``
+the node gets ``kill -9`` once the load has N results, is restarted on the same spool, and what
+storescu (``-v``) got no success for is sent again; then the SRs per film are counted in Orthanc:
+every acknowledged instance must have exactly one.
 
 What is timed, all on this machine's clock:
 
