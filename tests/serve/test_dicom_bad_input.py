@@ -1,8 +1,9 @@
 """Bad input over DICOM, sent by pynetdicom's own SCU: each gets a DICOM status or a logged refusal,
-never a crash, and the next instance in the same association still succeeds: short pixel data, files
-cut in their pixels and in their header (sent raw, as they are on disk), JPEG noise, a JPEG 2000 cut in
-half, a 30000 x 30000 header, and a header that no SR can carry. And a full spool:
-0xA700 (out of resources), nothing half-written, and room again once the worker has drained it."""
+never a crash, and the next instance in the same association still succeeds: a CT (its context
+refused at negotiation), short pixel data, files cut in their pixels and in their header (sent raw, as
+they are on disk), JPEG noise, a JPEG 2000 cut in half, a 30000 x 30000 header, and a header that no
+SR can carry. And a full spool: 0xA700 (out of resources), nothing half-written, and room again once
+the worker has drained it."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000
 from tests.hostile import DX_STORAGE, write_dicom
 from tests.serve.harness import CALLING, NODE_AET, Node, echo, free_port, need_tools, study, uid, wait_for, xray
 
-TOOLS = ("echoscu",)  # the C-STOREs here come from pynetdicom; echoscu tells when the node is up
+TOOLS = ("echoscu",)
+CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"  # the C-STOREs here come from pynetdicom; echoscu tells when the node is up
 
 
 @contextlib.contextmanager
@@ -31,6 +33,7 @@ def association(port: int):
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
     for ts in (ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit, JPEG2000Lossless):
         ae.add_requested_context(DX_STORAGE, ts)  # one context each: a raw or compressed file goes as it is
+    ae.add_requested_context(CT_STORAGE, ExplicitVRLittleEndian)  # the node refuses this one at negotiation
     assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AET)
     assert assoc.is_established, "the node did not accept the association"
     try:
@@ -114,6 +117,13 @@ def test_bad_input_in_one_association_is_refused_and_logged_and_the_next_film_is
     node.start()
     try:
         with association(node.port) as assoc:
+            # a CT: its presentation context was rejected, so it cannot even be sent; the association goes on
+            assert [cx.abstract_syntax for cx in assoc.rejected_contexts] == [CT_STORAGE]
+            ct = pydicom.dcmread(write_dicom(tmp_path / "ct.dcm", xray("NORMAL"), SOPClassUID=CT_STORAGE, Modality="CT",
+                                             **study()))
+            with pytest.raises(ValueError, match="No presentation context"):
+                assoc.send_c_store(ct)
+            assert assoc.is_established
             statuses = {k: c_store(assoc, f[k], raw=True) if k.startswith("cut_") else
                         c_store(assoc, pydicom.dcmread(f[k])) for k in f}
         # each was stored (the status says only that); the worker decides, and says why in the log
