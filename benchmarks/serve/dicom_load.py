@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.hostile import write_dicom  # noqa: E402
-from tests.serve.harness import CALLING, NODE_AET, PACS_AET, Node, Orthanc, free_port, need_tools, study, xray  # noqa: E402,E501
+from tests.serve.harness import CALLING, NODE_AET, PACS_AET, Node, Orthanc, free_port, need_tools, study, tool, xray  # noqa: E402,E501
 
 
 def cpu_flags() -> list[str]:
@@ -120,7 +120,7 @@ def acknowledged(storescu_log: str) -> list[str]:
 
 
 def storescu(dest: int, called: str, files: list[Path]) -> subprocess.Popen:
-    return subprocess.Popen(["storescu", "-v", "-aet", CALLING, "-aec", called, "127.0.0.1", str(dest), *map(str, files)],
+    return subprocess.Popen([tool("storescu"), "-v", "-aet", CALLING, "-aec", called, "127.0.0.1", str(dest), *map(str, files)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

@@ -43,11 +43,17 @@ def need_tools(*tools: str) -> None:
 
 
 def which(tool: str) -> str | None:
-    """On PATH, or where Debian puts a daemon (/usr/sbin/Orthanc is not on a user's PATH)."""
-    found = shutil.which(tool)
-    if found is None and tool == "Orthanc" and os.access("/usr/sbin/Orthanc", os.X_OK):
-        found = "/usr/sbin/Orthanc"
-    return found
+    """The real tool: dcmtk's, not the echoscu/storescu/findscu scripts that pynetdicom installs into the
+    venv's bin (first on PATH in an activated venv); Orthanc also where Debian puts a daemon (/usr/sbin)."""
+    venv_bin = Path(sys.prefix).resolve() / "bin"
+    dirs = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d and Path(d).resolve() != venv_bin]
+    return shutil.which(tool, path=os.pathsep.join(dirs + ["/usr/bin", "/usr/local/bin", "/usr/sbin"]))
+
+
+def tool(name: str) -> str:
+    exe = which(name)
+    assert exe, f"{name} is not installed (make serve-deps)"
+    return exe
 
 
 def free_port() -> int:
@@ -81,12 +87,12 @@ def study_uid(f: Path) -> str:
 
 
 def echo(port: int, aet: str = CALLING, called: str = NODE_AET) -> subprocess.CompletedProcess:
-    return subprocess.run(["echoscu", "-aet", aet, "-aec", called, "127.0.0.1", str(port)],
+    return subprocess.run([tool("echoscu"), "-aet", aet, "-aec", called, "127.0.0.1", str(port)],
                           capture_output=True, text=True, timeout=30)
 
 
 def store(port: int, *files: Path, called: str = NODE_AET, aet: str = CALLING) -> subprocess.CompletedProcess:
-    return subprocess.run(["storescu", "-aet", aet, "-aec", called, "127.0.0.1", str(port), *map(str, files)],
+    return subprocess.run([tool("storescu"), "-aet", aet, "-aec", called, "127.0.0.1", str(port), *map(str, files)],
                           capture_output=True, text=True, timeout=120)
 
 
@@ -214,8 +220,7 @@ class Orthanc:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60) -> None:
-        exe = which("Orthanc")
-        assert exe, "Orthanc is not installed (make serve-deps)"
+        exe = tool("Orthanc")
         with open(self.log_path, "a") as log:
             self.proc = subprocess.Popen([exe, "--no-jobs", str(self.config)], stdout=log, stderr=log)
         t0 = time.time()
@@ -245,7 +250,7 @@ class Orthanc:
 
     def find_series(self, study_instance_uid: str) -> list[str]:
         """dcmtk's findscu, C-FIND at SERIES level in one study: the Modality of each series Orthanc answers."""
-        p = subprocess.run(["findscu", "-S", "-aet", CALLING, "-aec", PACS_AET, "127.0.0.1", str(self.dicom_port),
+        p = subprocess.run([tool("findscu"), "-S", "-aet", CALLING, "-aec", PACS_AET, "127.0.0.1", str(self.dicom_port),
                             "-k", "QueryRetrieveLevel=SERIES", "-k", f"StudyInstanceUID={study_instance_uid}",
                             "-k", "Modality", "-k", "SeriesInstanceUID"], capture_output=True, text=True, timeout=60)
         assert p.returncode == 0, p.stdout + p.stderr

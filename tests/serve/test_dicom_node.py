@@ -11,7 +11,7 @@ import sys
 
 import pydicom
 
-from tests.serve.harness import Node, echo, free_port, need_tools, store, uid
+from tests.serve.harness import Node, echo, free_port, need_tools, store, tool, uid
 
 TOOLS = ("storescu", "echoscu", "dciodvfy")
 
@@ -51,7 +51,7 @@ def test_dicom_node_reads_reports_refuses_and_survives_kill_9(bundles, films, tm
             assert ds.StudyInstanceUID == src.StudyInstanceUID and ds.SeriesInstanceUID != src.SeriesInstanceUID
             assert ds.PatientID == src.PatientID and ds.AccessionNumber == src.AccessionNumber
             assert ds.VerificationFlag == "UNVERIFIED"
-            v = subprocess.run(["dciodvfy", str(f)], capture_output=True, text=True, timeout=60)
+            v = subprocess.run([tool("dciodvfy"), str(f)], capture_output=True, text=True, timeout=60)
             errors = [ln for ln in (v.stdout + v.stderr).splitlines() if ln.startswith("Error")]
             assert not errors, (f, errors)
         # a re-sent instance gets no second SR, and says so
