@@ -143,13 +143,15 @@ def main() -> None:
     ap.add_argument("--via-pacs", action="store_true", help="storescu sends to Orthanc, which forwards to the node")
     ap.add_argument("--kill-after", type=int, default=0, help="kill -9 the node when the load has this many results, "
                     "restart it, re-send what storescu got no success for; then count the SRs per film")
+    ap.add_argument("--pacs-down", type=float, default=0, help="stop Orthanc 1 s into the load for this many "
+                    "seconds, then start it again on the same storage: how long the outbox takes to drain")
     ap.add_argument("--work", type=Path, default=Path("/tmp/edgecxr-dicom-load"))
-    ap.add_argument("--out", type=Path, help="JSON results (default: benchmarks/serve/load-{direct,via-pacs,kill9}.json)")
+    ap.add_argument("--out", type=Path, help="JSON results (default: benchmarks/serve/load-MODE.json)")
     ap.add_argument("--timeout", type=float, default=900)
     a = ap.parse_args()
-    if a.kill_after and a.via_pacs:
-        raise SystemExit("dicom_load: --kill-after goes straight to the node (Orthanc would not re-forward)")
-    mode = "kill9" if a.kill_after else "via-pacs" if a.via_pacs else "direct"
+    if (a.kill_after or a.pacs_down) and a.via_pacs or (a.kill_after and a.pacs_down):
+        raise SystemExit("dicom_load: one fault at a time, straight to the node (Orthanc would not re-forward)")
+    mode = "kill9" if a.kill_after else "pacs-down" if a.pacs_down else "via-pacs" if a.via_pacs else "direct"
     a.out = a.out or ROOT / "benchmarks" / "serve" / f"load-{mode}.json"
     try:
         need_tools("storescu", "echoscu", "Orthanc")
@@ -208,6 +210,16 @@ def main() -> None:
             node.kill()
             fault["killed_at_results"] = len(node.lines()) - n_idle_lines
             fault["killed_at_s"] = time.time() - t_start
+        if a.pacs_down:
+            time.sleep(1.0)
+            pacs.stop()
+            fault["pacs_stopped_at_s"] = time.time() - t_start
+            fault["in_orthanc_when_stopped"] = len(changes.seen)
+            time.sleep(a.pacs_down)
+            fault["outbox_when_pacs_back"] = len(node.outbox())
+            pacs.start()
+            t_back = time.time()
+            fault["pacs_back_at_s"] = t_back - t_start
         outs = [p.communicate(timeout=a.timeout)[0] for p in procs]
         t_sent = time.time()
         acked = [x for o in outs for x in acknowledged(o)]
@@ -287,6 +299,12 @@ def main() -> None:
         fault["acknowledged_total"] = len(acked_studies)
         fault["acknowledged_with_one_sr"] = sum(1 for st in acked_studies if sr_count.get(st) == 1)
         res["fault_kill9"] = fault
+    if a.pacs_down:
+        fault["down_s"] = a.pacs_down
+        fault["outbox_recheck_s"] = 30.0  # the node's default, as a board runs it
+        fault["drained_s_after_pacs_back"] = t_last_sr - t_back
+        fault["outbox_after_run"] = len(node.outbox())
+        res["fault_pacs_down"] = fault
     for k in ("idle", "load"):
         p50 = res[k]["node_total_ms"]["p50"]
         e2e = res[k]["cstore_to_sr_in_orthanc_ms"]["p50"]
