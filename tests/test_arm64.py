@@ -278,15 +278,16 @@ def test_serve_on_the_board_takes_dicom_and_oip(bundles, tmp_path):
     """`edgecxr serve` inside the board, both doors: dcmtk's storescu on the host sends a DX film into the
     board's DICOM port and the board writes its SR; tritonclient on the host reads a file through the
     board's Open Inference Protocol port, and gets the probability `predict` gives on x86."""
-    import shutil
     import signal
     import socket
     import urllib.request
 
     from tests.hostile import write_dicom
-    from tests.serve.test_dicom_node import _study, _xray
+    from tests.serve.harness import study as _study
+    from tests.serve.harness import tool, which
+    from tests.serve.harness import xray as _xray
 
-    if shutil.which("storescu") is None:
+    if which("storescu") is None:
         if os.environ.get("CI"):
             pytest.fail("storescu is missing: `make serve-deps` installs dcmtk")
         pytest.skip("storescu is missing (make serve-deps)")
@@ -323,7 +324,7 @@ def test_serve_on_the_board_takes_dicom_and_oip(bundles, tmp_path):
         assert p.returncode == 0, p.stderr
         assert abs(prob - json.loads(p.stdout.splitlines()[0])["prob"]) < 1e-6  # LiteRT int8: x86 = arm64
         film = write_dicom(tmp_path / "chest.dcm", _xray("PNEUMONIA"), **_study())
-        s = subprocess.run(["storescu", "-aec", "EDGECXR", "127.0.0.1", str(dport), str(film)], capture_output=True,
+        s = subprocess.run([tool("storescu"), "-aec", "EDGECXR", "127.0.0.1", str(dport), str(film)], capture_output=True,
                            text=True, timeout=300)
         assert s.returncode == 0, s.stdout + s.stderr
         t0 = time.monotonic()

@@ -13,11 +13,14 @@ import numpy as np
 import pydicom
 
 from tests.hostile import write_dicom
-from tests.serve.test_dicom_node import CALLING, _free_port, _need_tools, _study, _xray, echo, store
+from tests.serve.harness import CALLING, echo, need_tools, store, tool
+from tests.serve.harness import free_port as _free_port
+from tests.serve.harness import study as _study
+from tests.serve.harness import xray as _xray
 
 
 def test_heatmap_secondary_capture_in_the_source_study(bundles, tmp_path):
-    _need_tools()
+    need_tools("storescu", "echoscu", "dciodvfy")
     port, spool = _free_port(), tmp_path / "spool"
     proc = subprocess.Popen([sys.executable, "-m", "edgecxr", "serve", str(bundles["rpi-int8"]), "--dicom-port",
                              str(port), "--spool", str(spool), "--allow-ae", CALLING, "--allow-unsigned", "--heatmap"],
@@ -44,7 +47,7 @@ def test_heatmap_secondary_capture_in_the_source_study(bundles, tmp_path):
         assert px.ndim == 3 and px.shape[2] == 3
         band = px[:10].reshape(-1, 3).astype(int)  # the red banner with white text, on top
         assert (band[:, 0] > 120).mean() > 0.9 and (band[:, 1] < 60).mean() > 0.5
-        v = subprocess.run(["dciodvfy", str(sc_file)], capture_output=True, text=True, timeout=60)
+        v = subprocess.run([tool("dciodvfy"), str(sc_file)], capture_output=True, text=True, timeout=60)
         errors = [ln for ln in (v.stdout + v.stderr).splitlines() if ln.startswith("Error")]
         assert not errors, errors
         assert np.asarray(px).std() > 10  # a picture, not a blank

@@ -23,7 +23,9 @@ import pytest
 
 from tests.conftest import MINI
 from tests.hostile import png_bomb, write_dicom
-from tests.serve.test_dicom_node import _free_port, _study, _xray
+from tests.serve.harness import free_port as _free_port
+from tests.serve.harness import study as _study
+from tests.serve.harness import xray as _xray
 
 tritonclient_http = pytest.importorskip("tritonclient.http")
 TOKEN = "test-token-0123456789abcdef"

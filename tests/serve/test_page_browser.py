@@ -12,7 +12,8 @@ import shutil
 import pytest
 
 from tests.hostile import write_dicom
-from tests.serve.test_dicom_node import _study, _xray
+from tests.serve.harness import study as _study
+from tests.serve.harness import xray as _xray
 from tests.serve.test_http_node import TOKEN, HttpNode, _files, _predict
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")

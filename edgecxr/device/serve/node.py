@@ -37,7 +37,17 @@ def open_model(cfg: ServeConfig):
     return Model(b, cfg.threads), b.trust
 
 
+def _need_extra() -> None:
+    """pynetdicom and highdicom come with the serve extra; without them, one line instead of a traceback."""
+    for name in ("pynetdicom", "highdicom", "starlette", "uvicorn", "prometheus_client"):
+        try:
+            __import__(name)
+        except ImportError as e:
+            raise EdgeCXRError(f"serve needs the serve extra (pip install 'edgecxr[serve]'): {e}") from None
+
+
 def serve(cfg: ServeConfig, log: Callable[[str], None] = _stderr, ready: Callable[[], None] | None = None) -> int:
+    _need_extra()
     from edgecxr.device.serve.metrics import Metrics
     from edgecxr.device.serve.outbox import Outbox
     from edgecxr.device.serve.receiver import make_ae, transfer_syntaxes
