@@ -37,6 +37,44 @@ def sr_uids(source_uid: str, bundle_digest: str) -> tuple[str, ...]:
                  for part in ("instance", "series", "tracking"))
 
 
+# Type 2 patient and study attributes a report copies from its source. Field headers break their VRs
+# often (Patient's Sex "Q", a birth date "2015", a time "25:99"), and highdicom refuses to copy them;
+# the report then carries them empty (Type 2 allows it) and the results log names what was blanked.
+_DA, _TM = ("PatientBirthDate", "StudyDate"), ("StudyTime",)
+SEXES = {"M", "F", "O"}
+
+
+def clean_header(source: Any) -> tuple[Any, list[str]]:
+    """A copy of ``source`` (a header) with the values a report cannot carry blanked, and their names."""
+    import copy
+
+    from pydicom.valuerep import DA, TM
+
+    ds = copy.deepcopy(source)
+    blanked = []
+    for name in ("PatientSex", *_DA, *_TM):
+        if name not in ds:
+            continue
+        v = str(ds.get(name, "") or "").strip()
+        if not v:
+            continue
+        ok = True
+        try:
+            if name == "PatientSex":
+                ok = v.upper() in SEXES
+            elif name in _DA:
+                DA(v)
+                ok = len(v) == 8 and v.isdigit()
+            else:
+                TM(v)
+        except (ValueError, TypeError, OverflowError):
+            ok = False
+        if not ok:
+            setattr(ds, name, "")
+            blanked.append(name)
+    return ds, blanked
+
+
 @dataclass(frozen=True)
 class Finding:
     prob: float

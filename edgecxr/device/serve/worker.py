@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecxr.device.serve.spool import SEQ_RE, Spool, durable_write
-from edgecxr.device.serve.sr import Finding, build_sr, sr_uids
+from edgecxr.device.serve.sr import Finding, build_sr, clean_header, sr_uids
 from edgecxr.shared.errors import EdgeCXRError, NotApplicable
 from edgecxr.shared.fsutil import atomic_append_line, fsync_dir, read_lines
 from edgecxr.shared.imageio import load_grey
@@ -248,6 +248,7 @@ class Worker(threading.Thread):
         positive = r.label == self.model.labels[-1]
         sr_uid = sr_uids(uid, self.digest)[0]
         try:
+            hdr, blanked = clean_header(hdr)
             sr = build_sr(hdr, Finding(r.prob, positive, r.threshold, self.model.name, self.digest),
                           self.device_uid, self.ae_title)
         except Exception as e:  # a header highdicom cannot carry into a report (bad UIDs, VRs)
@@ -272,6 +273,7 @@ class Worker(threading.Thread):
         rec = {**base, "status": "read", "call": r.label, "prob": round(r.prob, 6), "threshold": r.threshold,
                "bundle": self.model.name, "bundle_digest": self.digest, "sr_instance_uid": sr_uid,
                **({"heatmap_instance_uid": sc_uid} if sc_uid else {}),
+               **({"header_blanked": blanked} if blanked else {}),
                "timings_ms": {"waited": round(waited_ms, 2), "predict": round((t2 - t1) * 1000, 2),
                               "sr": round((t3 - t2) * 1000, 2), "total": round((t3 - t0) * 1000, 2)}}
         self._line(rec)
