@@ -235,6 +235,8 @@ def test_stow_rs_stores_reads_and_reports(node, tmp_path):
     assert done and done[0]["status"] == "read" and done[0]["door"] == "stow", node.lines()[-3:]
     sr = pydicom.dcmread(node.spool / "sr" / f"{done[0]['sr_instance_uid']}.dcm")
     assert sr.StudyInstanceUID == ds.StudyInstanceUID and sr.Modality == "SR"
+    # logs hold UIDs, never names: not the results log, not the node's own log
+    assert str(ds.PatientName) not in (node.spool / "results.jsonl").read_text()
 
 
 def _bytes(ds) -> bytes:
@@ -251,6 +253,13 @@ def _multipart(parts: list[bytes], boundary: str = "edgecxr-test-boundary") -> t
     return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
 
 
+def _png(path: Path, u8: np.ndarray) -> Path:
+    from PIL import Image
+
+    Image.fromarray(u8).save(path)
+    return path
+
+
 def test_hostile_requests_get_one_clear_4xx(node, bundles, tmp_path):
     url = f"{node.url}/v2/models/{bundles['nuc-int8'].name}/infer"
 
@@ -261,7 +270,7 @@ def test_hostile_requests_get_one_clear_4xx(node, bundles, tmp_path):
         return request(url, body, {**AUTH, "Inference-Header-Content-Length": str(len(head)), **(headers or {})},
                        "POST")
 
-    png = sorted((MINI / "NORMAL").iterdir())[0]
+    png = sorted((MINI / "NORMAL").iterdir())[0]  # a JPEG, in fact
     u8 = _xray("NORMAL")
     three = write_dicom(tmp_path / "three.dcm", np.stack([u8, u8, u8]), frames=3, **_study())
     skull = write_dicom(tmp_path / "skull.dcm", u8, BodyPartExamined="SKULL", **_study())
@@ -270,6 +279,7 @@ def test_hostile_requests_get_one_clear_4xx(node, bundles, tmp_path):
         "random bytes as JSON": (request(url, os.urandom(2000), AUTH, "POST"), "JSON"),
         "random bytes as a file": (infer_bytes(np.random.default_rng(0).bytes(5000)), "input 'image'"),
         "truncated image": (infer_bytes(png.read_bytes()[:600]), "input 'image'"),
+        "truncated PNG": (infer_bytes(_png(tmp_path / "x.png", u8).read_bytes()[:2000]), "input 'image'"),
         "decompression bomb": (infer_bytes(png_bomb(tmp_path / "bomb.png").read_bytes()), "megapixels"),
         "3-frame DICOM": (infer_bytes(three.read_bytes()), "3 frames"),
         "skull DICOM": (infer_bytes(skull.read_bytes()), "CHEST"),
@@ -380,3 +390,48 @@ def test_stow_instance_acknowledged_survives_kill_9(bundles, tmp_path):
         assert len(list((n.spool / "sr").glob("*.dcm"))) == len(uids)
     finally:
         n.stop()
+
+
+def test_https_with_tls_cert_and_key(bundles, tmp_path):
+    """--tls-cert/--tls-key: the door speaks HTTPS (a certificate the client verifies), and not plain HTTP."""
+    import shutil
+    import ssl
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is missing")
+    cert, key = tmp_path / "node.crt", tmp_path / "node.key"
+    p = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                        str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "edgecxr", "serve", str(bundles["nuc-int8"]), "--dicom-port", "0",
+                             "--http", f"127.0.0.1:{port}", "--spool", str(tmp_path / "spool"), "--allow-unsigned",
+                             "--tls-cert", str(cert), "--tls-key", str(key)], stderr=subprocess.PIPE, text=True)
+    try:
+        ctx = ssl.create_default_context(cafile=str(cert))
+        t0, body = time.time(), None
+        while body is None:
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.time() - t0 < 120, "no HTTPS answer in 120 s"
+            try:
+                body = urllib.request.urlopen(f"https://127.0.0.1:{port}/v2/health/ready", context=ctx, timeout=5).read()
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.5)
+        assert json.loads(body) == {"ready": True}
+        c = tritonclient_http.InferenceServerClient(f"127.0.0.1:{port}", ssl=True,
+                                                    ssl_options={"ca_certs": str(cert)})
+        inp = tritonclient_http.InferInput("image", [1], "BYTES")
+        inp.set_data_from_numpy(np.array([_files()[0].read_bytes()], dtype=object))
+        assert c.infer(bundles["nuc-int8"].name, [inp]).as_numpy("call")[0] in (b"NORMAL", b"PNEUMONIA")
+        with pytest.raises((urllib.error.URLError, ConnectionError, http_client_errors())):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=5).read()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+
+
+def http_client_errors():
+    import http.client
+
+    return http.client.HTTPException
