@@ -8,7 +8,9 @@
   JPEG 2000 (lossless and lossy) and RLE, those that a pydicom pixel decoder installed here can
   decode (pylibjpeg and its plugins): a syntax that cannot be decoded is never accepted.
 * Calling AE titles: with an allow-list, any other is rejected at association.
-* C-STORE: the encoded dataset goes to the spool (fsync) and only then is 0x0000 returned. The
+* C-STORE: pynetdicom writes the dataset to a file in the spool's ``recv/`` as it arrives (chunked
+  receive: a 100 MB film never sits in memory), which then goes into the spool (fsync, rename, fsync
+  of the folder) and only then is 0x0000 returned. The
   status says only that it was stored; the worker decides later whether it is a chest film. Over the
   spool limit (or a full disk): 0xA700, nothing written.
 """
@@ -16,6 +18,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from edgecxr.device.serve.spool import Spool, SpoolFull
@@ -59,8 +62,14 @@ def transfer_syntaxes() -> list[str]:
 def make_ae(ae_title: str, spool: Spool, allow_ae: list[str] | None, log: Callable[[str], None],
             metrics: Any = None) -> tuple[Any, list]:
     """The application entity and its event handlers, ready for ``start_server``."""
-    from pynetdicom import AE, evt
+    import tempfile
 
+    from pynetdicom import AE, _config, evt
+
+    # pynetdicom's chunked receive writes each incoming dataset to a NamedTemporaryFile: made in the
+    # spool's recv/ (the same disk as incoming/, so the move is a rename), for this process
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    tempfile.tempdir = str(spool.recv)
     ae = AE(ae_title=ae_title)
     ae.maximum_associations = 8
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
@@ -75,13 +84,20 @@ def make_ae(ae_title: str, spool: Spool, allow_ae: list[str] | None, log: Callab
         return 0x0000
 
     def on_store(event: Any) -> int:
+        received = None
         try:
-            data = event.encoded_dataset(include_meta=True)
-        except Exception as e:
-            log(f"receiver: cannot encode a received dataset ({e.__class__.__name__}); answered 0xC000")
-            return STATUS_CANNOT_UNDERSTAND
+            received = event.dataset_path
+        except AttributeError:  # chunked receive off: the dataset is in memory
+            try:
+                data = event.encoded_dataset(include_meta=True)
+            except Exception as e:
+                log(f"receiver: cannot encode a received dataset ({e.__class__.__name__}); answered 0xC000")
+                return STATUS_CANNOT_UNDERSTAND
         try:
-            spool.put(data)
+            if received is not None:
+                spool.adopt(Path(received))
+            else:
+                spool.put(data)
         except SpoolFull as e:
             log(f"receiver: {e}; answered 0xA700 (out of resources)")
             if metrics is not None:

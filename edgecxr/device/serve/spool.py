@@ -46,6 +46,11 @@ class Spool:
         self.sr, self.outbox, self.sources = self.root / "sr", self.root / "outbox", self.root / "sources"
         for d in (self.root, self.incoming, self.done, self.sr, self.outbox, self.sources):
             d.mkdir(parents=True, exist_ok=True)
+        self.recv = self.root / "recv"  # where pynetdicom writes an instance while it arrives (same disk)
+        self.recv.mkdir(exist_ok=True)
+        for p in self.recv.iterdir():  # what a killed process was receiving: never acknowledged
+            with contextlib.suppress(OSError):
+                p.unlink()
         self.results = self.root / "results.jsonl"
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
@@ -93,6 +98,41 @@ class Spool:
     def wait(self, timeout: float) -> None:
         with self._arrived:
             self._arrived.wait(timeout)
+
+    def adopt(self, received: Path, door: str = "dicom") -> Path:
+        """Take a file received on disk (in ``recv/``, pynetdicom's chunked receive) into the spool: the
+        limit checked, the file fsynced and renamed into ``incoming/``, the folder fsynced. SpoolFull: the
+        file is removed, nothing is spooled."""
+        size = received.stat().st_size
+        with self._lock:
+            if self._pending + size > self.limit:
+                with contextlib.suppress(OSError):
+                    received.unlink()
+                raise SpoolFull(f"spool holds {self._pending} bytes; {size} more is over the limit of {self.limit}")
+            self._seq += 1
+            seq = self._seq
+            if door != "dicom":
+                self._doors[seq] = door
+            self._pending += size
+        path = self.incoming / f"{seq:012d}.dcm"
+        try:
+            fd = os.open(received, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.chmod(received, 0o640)
+            os.rename(received, path)
+            fsync_dir(self.incoming)
+        except OSError as e:
+            with self._lock:
+                self._pending -= size
+            with contextlib.suppress(OSError):
+                received.unlink()
+            raise SpoolFull(f"cannot move into the spool ({e.strerror or e})") from None
+        with self._arrived:
+            self._arrived.notify_all()
+        return path
 
     def wait_unless(self, ready, timeout: float) -> None:
         """Wait for an arrival or a wake(), unless ``ready()`` already holds (checked under the lock, so a
