@@ -21,6 +21,9 @@ app = typer.Typer(
     help="edgecxr: train, prune and quantize a MobileNetV2 chest X-ray pneumonia classifier, "
          "export it per board (LiteRT, OpenVINO, ONNX Runtime/TensorRT), and measure what each "
          "board costs and loses.",
+    epilog="In the clinic: edgecxr serve dist/rpi4-int8 --pacs ORTHANC@10.0.0.5:4242 --http 0.0.0.0:8000 "
+           "--token-file /etc/edgecxr/token (DICOM C-STORE in, TID 1500 SR back to the PACS; the Open "
+           "Inference Protocol, STOW-RS, /metrics and a page over HTTP; see edgecxr serve --help).",
     pretty_exceptions_enable=False,
 )
 data_app = typer.Typer(no_args_is_help=True, help="Inspect datasets and record train/validation splits.")
