@@ -215,9 +215,20 @@ def _read_until(proc: subprocess.Popen, needle: str, timeout: float) -> str:
 
 
 @pytest.mark.slow
+def _stop_board_process(proc: subprocess.Popen, timeout: float) -> str:
+    """SIGTERM to a command started in the board in its own session (board_arm64.sh run forks), then its stderr."""
+    import signal
+
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        return proc.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        return proc.communicate()[1]
+
+
 def test_emulated_board_on_a_serial_cable(bundles, tmp_path):
     """`edgecxr agent` inside the board on one end of a pty pair, `edgecxr remote` on the host at the other."""
-    import signal
 
     from .link.faults import FaultRelay
 
@@ -240,12 +251,7 @@ def test_emulated_board_on_a_serial_cable(bundles, tmp_path):
         assert p.returncode == 0, p.stderr
         remote = {Path(r["file"]).name: r for r in map(json.loads, p.stdout.splitlines())}
     finally:
-        os.killpg(agent.pid, signal.SIGTERM)
-        try:
-            _, err = agent.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(agent.pid, signal.SIGKILL)
-            _, err = agent.communicate()
+        err = _stop_board_process(agent, 60)
         relay.close()
     assert "Traceback" not in err, err
     # the record names the emulated board honestly
@@ -278,7 +284,6 @@ def test_serve_on_the_board_takes_dicom_and_oip(bundles, tmp_path):
     """`edgecxr serve` inside the board, both doors: dcmtk's storescu on the host sends a DX film into the
     board's DICOM port and the board writes its SR; tritonclient on the host reads a file through the
     board's Open Inference Protocol port, and gets the probability `predict` gives on x86."""
-    import signal
     import socket
     import urllib.request
 
@@ -334,12 +339,7 @@ def test_serve_on_the_board_takes_dicom_and_oip(bundles, tmp_path):
         lines = [json.loads(x) for x in (spool / "results.jsonl").read_text().splitlines()]
         assert [r["status"] for r in lines if r.get("door") == "dicom"] == ["read"], lines
     finally:
-        os.killpg(node.pid, signal.SIGTERM)
-        try:
-            _, err = node.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            os.killpg(node.pid, signal.SIGKILL)
-            _, err = node.communicate()
+        err = _stop_board_process(node, 120)
     assert "Traceback" not in err and "stopped" in err, err
 
 

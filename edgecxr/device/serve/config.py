@@ -66,14 +66,9 @@ def parse_http(s: str) -> tuple[str, int]:
     """``HOST:PORT``, ``[v6]:PORT`` or ``PORT`` (loopback)."""
     s = str(s).strip()
     host, _, tail = s.rpartition(":")
-    host = host.strip("[]") or "127.0.0.1"
-    try:
-        p = int(tail)
-    except ValueError:
-        raise EdgeCXRError(f"--http {s!r} is not HOST:PORT (e.g. 127.0.0.1:8000)") from None
-    if not 0 < p < 65536:
-        raise EdgeCXRError(f"--http port {p} is not a port number (1..65535)")
-    return host, p
+    if not tail.strip().isdigit():
+        raise EdgeCXRError(f"--http {s!r} is not HOST:PORT (e.g. 127.0.0.1:8000)")
+    return host.strip("[]") or "127.0.0.1", port(tail, "--http port")
 
 
 @dataclass

@@ -59,7 +59,6 @@ MAX_BATCH = 16
 COOKIE = "edgecxr_token"
 NOT_DIAGNOSIS = ("Decision support only. This reading is not a diagnosis: a clinician reads the film and decides. "
                  "Research software, not a medical device.")
-OIP_DTYPE = {"float32": "FP32", "float16": "FP16", "uint8": "UINT8", "int8": "INT8"}
 
 
 class HttpError(Exception):
@@ -82,12 +81,9 @@ class HttpDoor:
             with contextlib.suppress(OSError):
                 p.unlink()
         self._decoders = threading.BoundedSemaphore(2)  # decoded images in memory at once, at most
-        self._occluder = None
         m = model.bundle.manifest
         self.input_name = str(m["input"]["name"])
-        self.input_dtype = OIP_DTYPE.get(str(m["input"].get("dtype", "float32")), "FP32")
-        if self.input_dtype != "FP32":  # the runtime encodes from float itself; the wire takes float
-            self.input_dtype = "FP32"
+        self.input_dtype = "FP32"  # whatever the model file takes, the runtime encodes it from float NCHW
         pp = model.preprocess
         self.input_shape = [-1, int(pp.channels), int(pp.size), int(pp.size)]
         self.server = None
@@ -231,26 +227,9 @@ class HttpDoor:
             infer_s = time.perf_counter() - t
             out: dict[str, Any] = {"prob": softmax_pos(logits).astype(np.float64), "infer_s": infer_s}
             if heat:
-                out["heat"] = [self.occluder(model).explain(xi).heat for xi in x]
+                out["heat"] = [self.worker.occlusion(xi) for xi in x]
             return out
         return run
-
-    def occluder(self, model: Any):
-        if self._occluder is None:
-            from edgecxr.device.explain import Occluder, OcclusionConfig
-
-            self._occluder = Occluder(model.backend.infer, model.preprocess, OcclusionConfig(grid=8, budget_s=3.0))
-            self._occluder.warm_up()
-        return self._occluder
-
-    def _heat_png(self, grey: np.ndarray, heat: np.ndarray, prob: float) -> bytes:
-        from edgecxr.device.explain import headline_for, png_bytes, render
-
-        pos = prob >= self.model.threshold
-        label = self.model.labels[int(pos)]
-        im = render(grey, heat, pos, [f"{self.model.name}   NOT FOR DIAGNOSIS"],
-                    headline_for(label, prob, self.model.threshold), cells=8)
-        return png_bytes(im)
 
     async def infer(self, request: Any):
         t0 = time.perf_counter()
@@ -324,7 +303,9 @@ class HttpDoor:
                 "call": oip.Tensor("call", "BYTES", [len(probs)], [c.encode() for c in calls]),
                 "threshold": oip.Tensor("threshold", "FP32", [len(probs)], np.full(len(probs), thr, np.float32))}
         if heat:
-            pngs = await run_in_threadpool(lambda: [self._heat_png(g, h, float(p))
+            from edgecxr.device.explain import png_bytes
+
+            pngs = await run_in_threadpool(lambda: [png_bytes(self.worker.heat_picture(g, h, float(p)))
                                                     for g, h, p in zip(small, res["heat"], probs, strict=True)])
             outs[HEATMAP] = oip.Tensor(HEATMAP, "BYTES", [len(pngs)], pngs)
         total_ms = (time.perf_counter() - t0) * 1000

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -55,8 +56,10 @@ def decodable(ts: str) -> bool:
         return False
 
 
-def transfer_syntaxes() -> list[str]:
-    return list(UNCOMPRESSED) + [ts for ts in COMPRESSED if decodable(ts)]
+@functools.cache
+def transfer_syntaxes() -> tuple[str, ...]:
+    """What this node accepts: asked of the installed decoders once (STOW-RS asks again for every part)."""
+    return UNCOMPRESSED + tuple(ts for ts in COMPRESSED if decodable(ts))
 
 
 def make_ae(ae_title: str, spool: Spool, allow_ae: list[str] | None, log: Callable[[str], None],

@@ -74,47 +74,47 @@ class Spool:
     def door(self, seq: int) -> str:
         return self._doors.get(seq, "dicom")
 
+    def _reserve(self, size: int, door: str) -> Path:
+        """The next sequence number's path, its bytes counted against the limit (SpoolFull when over)."""
+        with self._lock:
+            if self._pending + size > self.limit:
+                raise SpoolFull(f"spool holds {self._pending} bytes; {size} more is over the limit of {self.limit}")
+            self._seq += 1
+            if door != "dicom":
+                self._doors[self._seq] = door
+            self._pending += size  # reserved while writing, so parallel associations cannot overshoot
+            return self.incoming / f"{self._seq:012d}.dcm"
+
+    def _release(self, size: int) -> None:
+        with self._lock:
+            self._pending -= size
+
+    def _arrival(self) -> None:
+        with self._arrived:
+            self._arrived.notify_all()
+
     def put(self, data: bytes, door: str = "dicom") -> Path:
         """Store one received instance (preamble, file meta and dataset); raise SpoolFull if no room."""
-        with self._lock:
-            if self._pending + len(data) > self.limit:
-                raise SpoolFull(f"spool holds {self._pending} bytes; {len(data)} more is over the limit of {self.limit}")
-            self._seq += 1
-            seq = self._seq
-            if door != "dicom":
-                self._doors[seq] = door
-            self._pending += len(data)  # reserved while writing, so parallel associations cannot overshoot
-        path = self.incoming / f"{seq:012d}.dcm"
+        path = self._reserve(len(data), door)
         try:
             durable_write(path, data)
         except OSError as e:
-            with self._lock:
-                self._pending -= len(data)
+            self._release(len(data))
             raise SpoolFull(f"cannot write to the spool ({e.strerror or e})") from None
-        with self._arrived:
-            self._arrived.notify_all()
+        self._arrival()
         return path
-
-    def wait(self, timeout: float) -> None:
-        with self._arrived:
-            self._arrived.wait(timeout)
 
     def adopt(self, received: Path, door: str = "dicom") -> Path:
         """Take a file received on disk (in ``recv/``, pynetdicom's chunked receive) into the spool: the
         limit checked, the file fsynced and renamed into ``incoming/``, the folder fsynced. SpoolFull: the
         file is removed, nothing is spooled."""
         size = received.stat().st_size
-        with self._lock:
-            if self._pending + size > self.limit:
-                with contextlib.suppress(OSError):
-                    received.unlink()
-                raise SpoolFull(f"spool holds {self._pending} bytes; {size} more is over the limit of {self.limit}")
-            self._seq += 1
-            seq = self._seq
-            if door != "dicom":
-                self._doors[seq] = door
-            self._pending += size
-        path = self.incoming / f"{seq:012d}.dcm"
+        try:
+            path = self._reserve(size, door)
+        except SpoolFull:
+            with contextlib.suppress(OSError):
+                received.unlink()
+            raise
         try:
             fd = os.open(received, os.O_RDONLY)
             try:
@@ -125,13 +125,11 @@ class Spool:
             os.rename(received, path)
             fsync_dir(self.incoming)
         except OSError as e:
-            with self._lock:
-                self._pending -= size
+            self._release(size)
             with contextlib.suppress(OSError):
                 received.unlink()
             raise SpoolFull(f"cannot move into the spool ({e.strerror or e})") from None
-        with self._arrived:
-            self._arrived.notify_all()
+        self._arrival()
         return path
 
     def wait_unless(self, ready, timeout: float) -> None:
@@ -142,8 +140,7 @@ class Spool:
                 self._arrived.wait(timeout)
 
     def wake(self) -> None:
-        with self._arrived:
-            self._arrived.notify_all()
+        self._arrival()
 
     def finish(self, path: Path) -> None:
         """The instance's result is durable: move it from incoming/ to done/."""

@@ -60,6 +60,9 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+HEAT_GRID, HEAT_BUDGET_S = 8, 3.0  # occlusion heatmaps: 8 x 8 steps, coarser if one would take over 3 s
+
+
 class Busy(Exception):
     """The worker's job queue is full (the HTTP door answers 503 with Retry-After)."""
 
@@ -94,7 +97,8 @@ class Worker(threading.Thread):
         self.spool.wake()
         return fut
 
-    def _run_jobs(self) -> None:
+    def _run_jobs(self, cancel: bool = False) -> None:
+        """Run what waits in the job queue (or, ``cancel``, answer each with Busy: the node is stopping)."""
         while True:
             try:
                 fn, fut = self.jobs.get_nowait()
@@ -102,26 +106,40 @@ class Worker(threading.Thread):
                 return
             if not fut.set_running_or_notify_cancel():
                 continue
+            if cancel:
+                fut.set_exception(Busy("the node is stopping"))
+                continue
             try:
                 fut.set_result(fn(self.model))
             except BaseException as e:  # noqa: BLE001 - handed to the waiting request
                 fut.set_exception(e)
 
-    def _cancel_jobs(self) -> None:
-        while True:
-            try:
-                _, fut = self.jobs.get_nowait()
-            except queue.Empty:
-                return
-            if fut.set_running_or_notify_cancel():
-                fut.set_exception(Busy("the node is stopping"))
+    # ---------------------------------------------------------------- the heatmap (both doors)
+    def occlusion(self, x: Any) -> Any:
+        """The occlusion map of one preprocessed image; in the worker thread only (it owns the runtime)."""
+        if self._occluder is None:
+            from edgecxr.device.explain import Occluder, OcclusionConfig
+
+            self._occluder = Occluder(self.model.backend.infer, self.model.preprocess,
+                                      OcclusionConfig(grid=HEAT_GRID, budget_s=HEAT_BUDGET_S))
+            self._occluder.warm_up()
+        return self._occluder.explain(x).heat
+
+    def heat_picture(self, grey: Any, heat: Any, prob: float) -> Any:
+        """The radiograph with its map over it and the reading below (a PIL image), marked not for diagnosis."""
+        from edgecxr.device.explain import headline_for, render
+
+        pos = prob >= self.model.threshold
+        label = self.model.labels[int(pos)]
+        return render(grey, heat, pos, [f"{self.model.name}   {self.digest[:19]}   NOT FOR DIAGNOSIS"],
+                      headline_for(label, prob, self.model.threshold), cells=HEAT_GRID)
 
     def record(self, rec: dict[str, Any]) -> None:
         """One line in the results log for a request that has no spool sequence number (HTTP infer)."""
         atomic_append_line(self.results, json.dumps(rec, sort_keys=False))
         self.recent.append(rec)
 
-    def _count(self, door: str, status: str, reason: str = "", failed: bool = False) -> None:
+    def _count(self, door: str, status: str, failed: bool = False) -> None:
         m = self.metrics
         if m is None:
             return
@@ -159,7 +177,7 @@ class Worker(threading.Thread):
         try:
             self._loop()
         finally:
-            self._cancel_jobs()
+            self._run_jobs(cancel=True)
 
     def _loop(self) -> None:
         while not self._halt.is_set():
@@ -300,20 +318,13 @@ class Worker(threading.Thread):
 
         import numpy as np
 
-        from edgecxr.device.explain import Occluder, OcclusionConfig, headline_for, render
         from edgecxr.device.serve.sr import build_heatmap_sc, sc_uids
         from edgecxr.shared.preprocess import preprocess_grey
 
         sc_uid = sc_uids(str(hdr.SOPInstanceUID), self.digest)[0]
         sc_file = self.spool.sr / f"{sc_uid}.dcm"
         if not sc_file.exists():
-            if self._occluder is None:
-                self._occluder = Occluder(self.model.backend.infer, self.model.preprocess,
-                                          OcclusionConfig(grid=8, budget_s=3.0))
-                self._occluder.warm_up()
-            heat = self._occluder.explain(preprocess_grey(grey, self.model.preprocess)).heat
-            im = render(grey, heat, positive, [f"{self.model.name}   {self.digest[:19]}"],
-                        headline_for(r.label, r.prob, r.threshold), cells=8)
+            im = self.heat_picture(grey, self.occlusion(preprocess_grey(grey, self.model.preprocess)), r.prob)
             sc = build_heatmap_sc(hdr, np.asarray(im.convert("RGB")),
                                   Finding(r.prob, positive, r.threshold, self.model.name, self.digest))
             buf = BytesIO()
