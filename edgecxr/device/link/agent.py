@@ -35,6 +35,7 @@ from edgecxr import __version__
 from edgecxr.device.link.errors import LinkError, RemoteError, TransferError
 from edgecxr.device.link.files import FileReceiver, ReceiveOutcome, receive_file, send_file
 from edgecxr.device.link.framing import FrameType
+from edgecxr.device.link.port import open_port
 from edgecxr.device.link.transport import BytePort, LinkConfig, Message, Transport, dumps, port_name
 from edgecxr.shared.errors import EdgeCXRError
 
@@ -90,8 +91,6 @@ class Agent:
                  max_file_size: int | None = None, info_extra: Callable[[], dict[str, Any]] | None = None):
         self._own_port = isinstance(port, (str, os.PathLike))
         if self._own_port:
-            from edgecxr.device.link import open_port
-
             port = open_port(port, baud)
         self.port = port
         self.store_dir = Path(store_dir)

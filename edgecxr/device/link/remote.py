@@ -22,6 +22,7 @@ from edgecxr.device.link.files import (
     wait_reply,
 )
 from edgecxr.device.link.framing import FrameType
+from edgecxr.device.link.port import open_port
 from edgecxr.device.link.transport import BytePort, LinkConfig, Transport
 
 log = logging.getLogger("edgecxr.device.link")
@@ -34,8 +35,6 @@ class RemoteClient:
                  baud: int = 115200, info: dict[str, Any] | None = None):
         self._own_port = isinstance(port, (str, os.PathLike))
         if self._own_port:
-            from edgecxr.device.link import open_port
-
             port = open_port(port, baud)
         self.port = port
         self.transport = Transport(port, config, role="host", info=info)
