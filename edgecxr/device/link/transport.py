@@ -10,7 +10,7 @@ byte stream into frames (no I/O); :class:`Transport` owns the port and two threa
 
 Reliability is a sliding window (default 8 frames) with cumulative ACKs carrying
 selective acknowledgements, a NAK on a gap or a damaged frame (fast retransmit), and a
-retransmission timer per frame.  A frame that is still unacknowledged after
+retransmission timer per frame (:mod:`edgecxr.device.link.window` keeps that state).  A frame that is still unacknowledged after
 ``max_retries`` retransmissions makes the link fail with one :class:`LinkError`.
 
 Timing model: when the line rate is known (``LinkConfig.baud``, or ``port.baudrate`` of
@@ -20,45 +20,36 @@ the UART's buffer.  Its ACK is then awaited for ``ack_timeout`` more seconds.
 
 Handshake: the host sends HELLO (protocol version, role, tool version, a nonce and its
 initial sequence number); the agent checks the version and role and answers HELLO_ACK
-(accepted, or refused with a one-line reason).  Each HELLO starts a new session: both
+(accepted, or refused with a one-line reason; :mod:`edgecxr.device.link.session` decides).  Each HELLO starts a new session: both
 sides drop what they had in flight, so a host that reconnects after a cut starts clean.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import random
-import struct
 import threading
 import time
-from collections import deque
-from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from edgecxr import __version__
+from edgecxr.device.link.config import LinkConfig, LinkStats
 from edgecxr.device.link.errors import LinkError, ProtocolMismatch
 from edgecxr.device.link.framing import (
     CONTROL_TYPES,
-    DEFAULT_MAX_PAYLOAD,
-    FLAG_MORE,
     FLAG_NO_SESSION,
     FLAG_PROBE,
-    MAX_SEQ,
     OVERHEAD,
-    PROTOCOL_VERSION,
     Decoder,
     Frame,
     FrameType,
-    encode_frame,
     type_name,
 )
+from edgecxr.device.link.message import Message, dumps
+from edgecxr.device.link.session import Handshake, HelloAnswer, Session
+from edgecxr.device.link.window import NAK_GUARD_S, Entry, Window
+
+__all__ = ["NAK_GUARD_S", "BytePort", "LinkConfig", "LinkStats", "Message", "Transport", "dumps", "port_name"]
 
 log = logging.getLogger("edgecxr.device.link")
-
-NAK_GUARD_S = 0.005
-"""A NAK for a frame already resent, whose copy has not left the wire yet (by the wire model, plus this
-margin), refers to the older copy and is ignored: no duplicate retransmissions."""
 
 
 class BytePort(Protocol):
@@ -69,97 +60,6 @@ class BytePort(Protocol):
     def read(self, size: int = 1) -> bytes: ...
 
     def write(self, data: bytes) -> int | None: ...
-
-
-@dataclass
-class LinkConfig:
-    """Knobs of the link.  Dead-peer detection takes about ``(max_retries + 1) * ack_timeout`` seconds."""
-
-    ack_timeout: float = 1.0  # seconds to wait for an ACK once a frame has left the wire
-    max_retries: int = 8  # retransmissions of one frame (or HELLO attempts - 1) before LinkError
-    window: int = 8  # data frames in flight
-    max_payload: int = DEFAULT_MAX_PAYLOAD  # largest frame payload accepted by our decoder
-    chunk_size: int = 4096  # file chunk size; long messages are split into frames of about this size
-    baud: int | None = None  # line rate for the wire model; None = port.baudrate of a real serial port
-    poll_interval: float = 0.05  # reader wake-up period (sets port.timeout if it is unset or longer)
-    max_message: int = 64 * 1024 * 1024  # largest reassembled message
-    protocol_version: int = PROTOCOL_VERSION
-    tool_version: str = f"edgecxr {__version__}"
-
-    def __post_init__(self) -> None:
-        if self.ack_timeout <= 0:
-            raise ValueError("ack_timeout must be > 0")
-        if self.max_retries < 0:
-            raise ValueError("max_retries must be >= 0")
-        if not 1 <= self.window <= 256:
-            raise ValueError("window must be in 1..256")
-        if self.max_payload < 256:
-            raise ValueError("max_payload must be >= 256")
-        if not 64 <= self.chunk_size <= self.max_payload - 64:
-            raise ValueError(f"chunk_size must be in 64..{self.max_payload - 64} (max_payload - 64)")
-        if self.baud is not None and self.baud <= 0:
-            raise ValueError("baud must be > 0")
-
-    @property
-    def fragment_size(self) -> int:
-        """Payload bytes per data frame: one file chunk plus its 12-byte chunk header fits."""
-        return min(self.max_payload, self.chunk_size + 64)
-
-
-@dataclass(frozen=True)
-class Message:
-    """One message of the reliable channel (a HELLO message is the notice that a peer opened a session)."""
-
-    type: int
-    payload: bytes = b""
-
-    @property
-    def name(self) -> str:
-        return type_name(self.type)
-
-    def json(self) -> dict[str, Any]:
-        try:
-            obj = json.loads(self.payload.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-            raise LinkError(f"malformed {self.name} message from the peer: {str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}") from None
-        if not isinstance(obj, dict):
-            raise LinkError(f"malformed {self.name} message from the peer: not a JSON object")
-        return obj
-
-
-@dataclass
-class LinkStats:
-    frames_sent: int = 0
-    frames_received: int = 0
-    data_frames_sent: int = 0  # first transmissions
-    retransmits: int = 0
-    timeouts: int = 0  # retransmissions caused by the timer (the rest were NAK'd)
-    naks_sent: int = 0
-    naks_received: int = 0
-    acks_sent: int = 0
-    probes_sent: int = 0
-    duplicates: int = 0
-    out_of_order: int = 0
-    foreign: int = 0  # frames of another protocol version or session, ignored
-    bytes_written: int = 0
-    bytes_read: int = 0
-    messages_sent: int = 0
-    messages_received: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
-
-
-def dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode("utf-8")
-
-
-def _loads_dict(payload: bytes) -> dict[str, Any]:
-    try:
-        obj = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        return {}
-    return obj if isinstance(obj, dict) else {}
 
 
 def port_name(port: Any) -> str:
@@ -185,48 +85,12 @@ def _in_waiting(port: Any) -> int:
         return 0
 
 
-@dataclass
-class _Entry:
-    seq: int
-    ftype: int
-    frame: bytes
-    tries: int = 0
-    sent: bool = False
-    writing: bool = False
-    sacked: bool = False
-    nak_pending: bool = False
-    first_sent: float = 0.0
-    arrive_at: float = 0.0
-    deadline: float = float("inf")
-
-
-@dataclass
-class _Session:
-    nonce: int
-    peer: dict[str, Any]
-    initiator: bool
-    window: int
-    fragment_size: int
-    ack_frame: bytes | None = None  # responder: our HELLO_ACK, re-sent on a duplicate HELLO
-
-
-@dataclass
-class _HelloWait:
-    nonce: int
-    seq0: int
-    reply: dict[str, Any] | None = None
-
-
-@dataclass
-class _Fragments:
-    ftype: int = 0
-    parts: list[bytes] = field(default_factory=list)
-    size: int = 0
-    overflow: bool = False
-
-
 class Transport:
-    """Reliable ordered messages over a byte port.  Thread-safe; one session at a time."""
+    """Reliable ordered messages over a byte port.  Thread-safe; one session at a time.
+
+    It owns the port, the lock and the two threads; :class:`Handshake` (``session.py``) decides
+    about sessions and :class:`Window` (``window.py``) keeps the frames in flight, both under the lock.
+    """
 
     def __init__(self, port: BytePort, config: LinkConfig | None = None, *, role: str = "host",
                  info: dict[str, Any] | None = None):
@@ -237,22 +101,10 @@ class Transport:
         self.stats = LinkStats()
         self.decoder = Decoder(max_payload=self.config.max_payload)
         self.baud = self.config.baud or _port_baud(port)
-        self.last_refusal: str | None = None
+        self._hs = Handshake(self.config, role, self.info)
+        self._win = Window(self.config, self.stats)
         self._cond = threading.Condition()
         self._send_lock = threading.Lock()
-        self._ctrl: deque[bytes] = deque()
-        self._ack_slot: bytes | None = None
-        self._unsent: deque[_Entry] = deque()
-        self._unacked: dict[int, _Entry] = {}
-        self._tx_next = 0
-        self._tx_base = 0
-        self._tx_sent_end = 0
-        self._rx_next = 0
-        self._rx_buf: dict[int, Frame] = {}
-        self._frag = _Fragments()
-        self._inbox: deque[Message] = deque()
-        self._session: _Session | None = None
-        self._hello: _HelloWait | None = None
         self._failed: LinkError | None = None
         self._port_error = False
         self._closed = False
@@ -261,7 +113,6 @@ class Transport:
         self._last_rx = 0.0
         self._last_probe = 0.0
         self._wire_free = 0.0
-        self._nak_for: int | None = None
         self._no_session_nak_at = 0.0
         self._writer_wait: float | None = None
 
@@ -290,7 +141,7 @@ class Transport:
         """Stop the threads (after up to ``drain`` seconds writing queued ACKs).  The port stays open."""
         end = time.monotonic() + drain
         with self._cond:
-            while (self._ctrl or self._ack_slot is not None) and self._started and not self._port_error:
+            while self._win.control_pending and self._started and not self._port_error:
                 left = end - time.monotonic()
                 if left <= 0:
                     break
@@ -308,18 +159,23 @@ class Transport:
         self.close()
 
     @property
+    def last_refusal(self) -> str | None:
+        """The reason we gave when we last refused a peer's HELLO, or None."""
+        return self._hs.last_refusal
+
+    @property
     def connected(self) -> bool:
-        return self._session is not None and self._failed is None and not self._closed
+        return self._hs.session is not None and self._failed is None and not self._closed
 
     @property
     def peer(self) -> dict[str, Any] | None:
-        s = self._session
+        s = self._hs.session
         return dict(s.peer) if s is not None else None
 
     @property
     def session_id(self) -> int | None:
         """The nonce of the current session (changes on every HELLO), or None."""
-        s = self._session
+        s = self._hs.session
         return s.nonce if s is not None else None
 
     @property
@@ -350,21 +206,17 @@ class Transport:
         """
         self.start()
         cfg = self.config
-        nonce = random.randrange(1, MAX_SEQ)
-        seq0 = random.randrange(0, 1 << 30)
-        body = {"proto": cfg.protocol_version, "role": self.role, "tool": cfg.tool_version, "nonce": nonce,
-                "seq0": seq0, "max_payload": cfg.max_payload, "window": cfg.window, "info": self.info}
-        frame = encode_frame(FrameType.HELLO, dumps(body), seq=nonce, version=cfg.protocol_version)
+        frame, wait = self._hs.hello_frame()
         attempts = cfg.max_retries + 1
         per_try = cfg.ack_timeout + self._wire_time(len(frame) + 1024)
         t0 = time.monotonic()
         with self._cond:
             self._check_open_locked()
             self._reset_locked()
-            self._hello = wait = _HelloWait(nonce=nonce, seq0=seq0)
+            self._hs.wait = wait
             try:
                 for _ in range(attempts):
-                    self._ctrl.append(frame)
+                    self._win.ctrl.append(frame)
                     self._cond.notify_all()
                     end = time.monotonic() + per_try
                     while wait.reply is None and not self._closed and not self._port_error:
@@ -375,7 +227,7 @@ class Transport:
                     if wait.reply is not None or self._closed or self._port_error:
                         break
             finally:
-                self._hello = None
+                self._hs.wait = None
             self._check_open_locked()
             if wait.reply is None and self._port_error and self._failed is not None:
                 raise self._failed
@@ -395,90 +247,37 @@ class Transport:
             self._reset_locked()
 
     def _reset_locked(self) -> None:
-        self._session = None
-        self._unsent.clear()
-        self._unacked.clear()
-        self._rx_buf.clear()
-        self._frag = _Fragments()
-        self._inbox.clear()
-        self._nak_for = None
+        self._hs.session = None
+        self._win.clear()
         if not self._port_error:
             self._failed = None
         self._cond.notify_all()
 
-    def _mismatch(self, peer_proto: Any, peer_tool: Any, peer_role: Any) -> str:
-        cfg = self.config
-        return (f"link protocol version mismatch: this {self.role} speaks protocol {cfg.protocol_version} "
-                f"({cfg.tool_version}), the {peer_role or 'peer'} speaks protocol {peer_proto} "
-                f"({peer_tool or 'unknown tool'}); install the same edgecxr release on the host and the board")
+    def _open_session_locked(self, session: Session) -> None:
+        self._reset_locked()
+        self._hs.session = session
+        self._win.start(session.seq0, session.peer_seq0)
 
     def _on_hello(self, f: Frame) -> None:
-        cfg = self.config
-        body = _loads_dict(f.payload)
-        nonce = f.seq
-        s = self._session
-        if s is not None and not s.initiator and s.nonce == nonce and s.ack_frame is not None:
-            self._ctrl.append(s.ack_frame)  # our HELLO_ACK was lost: say it again, keep the session
-            return
-        if self._hello is not None:
+        answer: HelloAnswer | None = self._hs.answer_hello(f)
+        if answer is None:
             return  # we are opening a session ourselves
-        peer_proto = body.get("proto", f.version)
-        reply: dict[str, Any] = {"proto": cfg.protocol_version, "role": self.role, "tool": cfg.tool_version,
-                                 "nonce": nonce, "max_payload": cfg.max_payload, "window": cfg.window,
-                                 "info": self.info}
-        error = None
-        if f.version != cfg.protocol_version or peer_proto != cfg.protocol_version:
-            error = self._mismatch(peer_proto if peer_proto != cfg.protocol_version else f.version,
-                                   body.get("tool"), body.get("role"))
-        elif body.get("role") == self.role:
-            error = f"both ends of the link say they are the {self.role}; connect an agent to a host"
-        elif not isinstance(body.get("seq0"), int) or not isinstance(body.get("max_payload"), int):
-            error = "malformed HELLO (missing seq0/max_payload)"
-        if error is not None:
-            reply.update(accepted=False, error=error)
-            self.last_refusal = error
-            log.warning("refused a session: %s", error)
-            self._ctrl.append(encode_frame(FrameType.HELLO_ACK, dumps(reply), seq=nonce,
-                                           version=cfg.protocol_version))
-            self._cond.notify_all()
+        if answer.repeat:
+            self._win.ctrl.append(answer.frame)  # our HELLO_ACK was lost: say it again, keep the session
             return
-        self._reset_locked()
-        seq0 = random.randrange(0, 1 << 30)
-        reply.update(accepted=True, seq0=seq0)
-        ack = encode_frame(FrameType.HELLO_ACK, dumps(reply), seq=nonce, version=cfg.protocol_version)
-        self._session = _Session(nonce=nonce, peer=body, initiator=False, ack_frame=ack,
-                                 window=_peer_window(body, cfg.window),
-                                 fragment_size=min(cfg.fragment_size, max(256, int(body["max_payload"]))))
-        self._tx_next = self._tx_base = self._tx_sent_end = seq0
-        self._rx_next = int(body["seq0"])
-        self._inbox.append(Message(FrameType.HELLO, f.payload))
-        self._ctrl.append(ack)
+        if answer.session is not None:
+            self._open_session_locked(answer.session)
+            self._win.inbox.append(Message(FrameType.HELLO, f.payload))
+        self._win.ctrl.append(answer.frame)
         self._cond.notify_all()
 
     def _on_hello_ack(self, f: Frame) -> None:
-        cfg = self.config
-        wait = self._hello
+        wait = self._hs.wait
         if wait is None or f.seq != wait.nonce or wait.reply is not None:
             return
-        body = _loads_dict(f.payload)
-        peer_proto = body.get("proto", f.version)
-        if not body.get("accepted", False):
-            wait.reply = {"accepted": False, "error": body.get("error") or "the peer refused the handshake"}
-        elif peer_proto != cfg.protocol_version or f.version != cfg.protocol_version:
-            wait.reply = {"accepted": False, "error": self._mismatch(peer_proto, body.get("tool"), body.get("role"))}
-        elif body.get("role") == self.role:
-            wait.reply = {"accepted": False,
-                          "error": f"both ends of the link say they are the {self.role}; connect a host to an agent"}
-        elif not isinstance(body.get("seq0"), int) or not isinstance(body.get("max_payload"), int):
-            wait.reply = {"accepted": False, "error": "malformed HELLO_ACK from the peer"}
-        else:
-            self._reset_locked()
-            self._session = _Session(nonce=wait.nonce, peer=body, initiator=True,
-                                     window=_peer_window(body, cfg.window),
-                                     fragment_size=min(cfg.fragment_size, max(256, int(body["max_payload"]))))
-            self._tx_next = self._tx_base = self._tx_sent_end = wait.seq0
-            self._rx_next = int(body["seq0"])
-            wait.reply = dict(body)
+        session = self._hs.check_hello_ack(f)
+        if session is not None:
+            self._open_session_locked(session)
         self._cond.notify_all()
 
     # ------------------------------------------------------------------ sending
@@ -489,7 +288,6 @@ class Transport:
         payload = bytes(payload)
         if len(payload) > self.config.max_message:
             raise LinkError(f"message of {len(payload)} bytes exceeds max_message={self.config.max_message}")
-        version = self.config.protocol_version
         with self._send_lock:
             with self._cond:
                 session = self._require_session_locked()
@@ -501,16 +299,10 @@ class Transport:
                     while True:
                         if self._require_session_locked() is not session:
                             raise LinkError("the peer started a new session; message dropped")
-                        if len(self._unacked) < session.window:
+                        if len(self._win.unacked) < session.window:
                             break
                         self._cond.wait(0.5)
-                    seq = self._tx_next
-                    self._tx_next += 1
-                    frame = encode_frame(ftype, part, seq=seq & MAX_SEQ, flags=FLAG_MORE if i < last else 0,
-                                         version=version)
-                    entry = _Entry(seq=seq, ftype=ftype, frame=frame)
-                    self._unacked[seq] = entry
-                    self._unsent.append(entry)
+                    self._win.push(ftype, part, more=i < last)
                     self._cond.notify_all()
             with self._cond:
                 self.stats.messages_sent += 1
@@ -524,24 +316,24 @@ class Transport:
         with self._cond:
             while True:
                 self._require_session_locked()  # raises the failure that emptied the window, if any
-                if not self._unacked:
+                if not self._win.unacked:
                     return
                 left = None if end is None else end - time.monotonic()
                 if left is not None and left <= 0:
-                    raise LinkError(f"the peer did not acknowledge {len(self._unacked)} frame(s) within {timeout}s")
+                    raise LinkError(f"the peer did not acknowledge {len(self._win.unacked)} frame(s) within {timeout}s")
                 self._cond.wait(0.5 if left is None else min(left, 0.5))
 
     def _check_open_locked(self) -> None:
         if self._closed:
             raise LinkError(f"link on {port_name(self.port)} is closed")
 
-    def _require_session_locked(self) -> _Session:
+    def _require_session_locked(self) -> Session:
         self._check_open_locked()
         if self._failed is not None:
             raise self._failed
-        if self._session is None:
+        if self._hs.session is None:
             raise LinkError("not connected: no session with the peer (call hello() first)")
-        return self._session
+        return self._hs.session
 
     def _fail_locked(self, message: str, port_error: bool = False) -> None:
         if self._failed is None:
@@ -549,8 +341,7 @@ class Transport:
             self._failed = LinkError(message)
         if port_error:
             self._port_error = True
-        self._unsent.clear()
-        self._unacked.clear()
+        self._win.drop_sends()
         self._cond.notify_all()
 
     # ------------------------------------------------------------------ receiving
@@ -566,8 +357,8 @@ class Transport:
         end = None if timeout is None else start + timeout
         with self._cond:
             while True:
-                if self._inbox:
-                    return self._inbox.popleft()
+                if self._win.inbox:
+                    return self._win.inbox.popleft()
                 self._check_open_locked()
                 if self._failed is not None:
                     raise self._failed
@@ -576,7 +367,7 @@ class Transport:
                     return None
                 wait = None if end is None else end - now
                 if liveness:
-                    if self._session is None:
+                    if self._hs.session is None:
                         raise LinkError("not connected: no session with the peer (call hello() first)")
                     silent = now - max(self._last_rx, start)
                     if silent >= self.dead_after:
@@ -594,8 +385,8 @@ class Transport:
     def poll(self) -> Message | None:
         """A message if one is waiting, else None (never blocks)."""
         with self._cond:
-            if self._inbox:
-                return self._inbox.popleft()
+            if self._win.inbox:
+                return self._win.inbox.popleft()
             if self._failed is not None:
                 raise self._failed
             return None
@@ -652,163 +443,73 @@ class Transport:
                 need_ack |= self._on_data(f)
             else:
                 self.stats.foreign += 1
-        if self._session is not None:
+        if self._hs.session is not None:
             if damaged:  # most likely the frame we expect next: ask for it now, and NAK the next gap again
-                self._queue_nak_locked(self._rx_next)
-                self._nak_for = None
+                self._win.queue_nak(self._win.rx_next)
+                self._win.nak_for = None
+                self._cond.notify_all()
             if need_ack:
                 self._queue_ack_locked()
 
     def _queue_ack_locked(self, probe: bool = False) -> None:
-        if self._session is None:
+        if self._hs.session is None:
             return
-        sacks = sorted(self._rx_buf)[:64]
-        payload = struct.pack(f">{len(sacks)}I", *(s & MAX_SEQ for s in sacks))
-        frame = encode_frame(FrameType.ACK, payload, seq=self._rx_next & MAX_SEQ, flags=FLAG_PROBE if probe else 0,
-                             version=self.config.protocol_version)
-        if probe:
-            self._ctrl.append(frame)
-        else:
-            self._ack_slot = frame  # the newest ACK supersedes one not yet written
-        self.stats.acks_sent += 1
-        self._cond.notify_all()
-
-    def _queue_nak_locked(self, seq: int, flags: int = 0) -> None:
-        self._ctrl.append(encode_frame(FrameType.NAK, b"", seq=seq & MAX_SEQ, flags=flags,
-                                       version=self.config.protocol_version))
-        self.stats.naks_sent += 1
+        self._win.queue_ack(probe)
         self._cond.notify_all()
 
     def _on_data(self, f: Frame) -> bool:
-        if self._session is None:
+        if self._hs.session is None:
             now = time.monotonic()
             if now - self._no_session_nak_at > self.config.ack_timeout / 2:
                 self._no_session_nak_at = now
-                self._queue_nak_locked(f.seq, FLAG_NO_SESSION)
+                self._win.queue_nak(f.seq, FLAG_NO_SESSION)
+                self._cond.notify_all()
             return False
-        seq = f.seq
-        rx_next = self._rx_next
-        if seq < rx_next or seq in self._rx_buf:
-            self.stats.duplicates += 1
-            return True
-        if seq >= rx_next + self.config.window:
-            self.stats.foreign += 1
-            return False
-        self._rx_buf[seq] = f
-        if seq != rx_next:
-            self.stats.out_of_order += 1
-            if self._nak_for != rx_next:
-                self._nak_for = rx_next
-                self._queue_nak_locked(rx_next)
-        while self._rx_next in self._rx_buf:
-            self._deliver_locked(self._rx_buf.pop(self._rx_next))
-            self._rx_next += 1
-        return True
-
-    def _deliver_locked(self, f: Frame) -> None:
-        frag = self._frag
-        if frag.parts or frag.overflow or f.flags & FLAG_MORE:
-            if not frag.parts and not frag.overflow:
-                frag.ftype = f.type
-            if not frag.overflow:
-                frag.parts.append(f.payload)
-                frag.size += len(f.payload)
-                if frag.size > self.config.max_message:
-                    log.warning("dropping a %s message larger than max_message", type_name(frag.ftype))
-                    frag.parts.clear()
-                    frag.overflow = True
-            if f.flags & FLAG_MORE:
-                return
-            self._frag = _Fragments()
-            if frag.overflow:
-                return
-            ftype, payload = frag.ftype, b"".join(frag.parts)
-        else:
-            ftype, payload = f.type, f.payload
-        self._inbox.append(Message(_as_type(ftype), payload))
-        self.stats.messages_received += 1
+        need_ack = self._win.on_data(f)
         self._cond.notify_all()
+        return need_ack
 
     def _on_ack(self, f: Frame) -> None:
         if f.flags & FLAG_PROBE:
             self._queue_ack_locked()
-        if self._session is None:
+        if self._hs.session is None:
             return
-        n = f.seq
-        if not self._tx_base <= n <= self._tx_sent_end:
-            self.stats.foreign += 1
-            return
-        for seq in range(self._tx_base, n):
-            self._unacked.pop(seq, None)
-        self._tx_base = n
-        for i in range(len(f.payload) // 4):
-            (s,) = struct.unpack_from(">I", f.payload, 4 * i)
-            e = self._unacked.get(s)
-            if e is not None and e.sent:
-                e.sacked = True
+        self._win.on_ack(f)
         self._cond.notify_all()
 
     def _on_nak(self, f: Frame) -> None:
-        if self._session is None:
+        if self._hs.session is None:
             return
-        e = self._unacked.get(f.seq)
-        if f.flags & FLAG_NO_SESSION:
-            if e is not None and e.sent:
-                self._fail_locked(f"the peer on {port_name(self.port)} has no session with us (it restarted?); "
-                                  "connect again")
-            return
-        self.stats.naks_received += 1
-        if e is None or not e.sent:
-            return
-        if e.writing:
-            if e.tries == 1:  # its header was hit while we were still writing it: resend right after
-                e.nak_pending = True
-            return
-        now = time.monotonic()
-        if e.tries > 1 and now < e.arrive_at + NAK_GUARD_S:
-            return  # already resent and the copy is still on the wire: this NAK is about an older copy
-        e.sacked = False
-        e.deadline = now
+        if self._win.on_nak(f):
+            self._fail_locked(f"the peer on {port_name(self.port)} has no session with us (it restarted?); "
+                              "connect again")
         self._cond.notify_all()
 
     # ------------------------------------------------------------------ writer thread
-    def _next_frame_locked(self) -> tuple[bytes, _Entry | None] | None:
-        """The next frame to write, or None (then ``self._writer_wait`` says how long to sleep)."""
+    def _next_frame_locked(self) -> tuple[bytes, Entry | None] | None:
+        """The next frame to write, or None (then ``self._writer_wait`` says how long to sleep).
+
+        Control frames first, then retransmissions that are due, then new data frames.
+        """
         self._writer_wait = None
-        if self._ctrl:
-            return self._ctrl.popleft(), None
-        if self._ack_slot is not None:
-            frame, self._ack_slot = self._ack_slot, None
+        frame = self._win.next_control()
+        if frame is not None:
             return frame, None
-        if self._session is None or self._failed is not None:
+        if self._hs.session is None or self._failed is not None:
             return None
+        cfg = self.config
         now = time.monotonic()
-        next_deadline = None
-        for e in self._unacked.values():
-            if not e.sent or e.writing or e.sacked:
-                continue
-            if e.deadline <= now:
-                if e.tries > self.config.max_retries:
-                    self._fail_locked(
-                        f"the peer on {port_name(self.port)} stopped answering: {type_name(e.ftype)} frame "
-                        f"unacknowledged after {e.tries} tries in {now - e.first_sent:.1f}s "
-                        f"(ack_timeout={self.config.ack_timeout:g}s, max_retries={self.config.max_retries})")
-                    return None
-                if e.deadline >= e.arrive_at + self.config.ack_timeout:  # not brought forward by a NAK
-                    self.stats.timeouts += 1
-                e.tries += 1
-                e.writing = True
-                self.stats.retransmits += 1
-                return e.frame, e
-            if next_deadline is None or e.deadline < next_deadline:
-                next_deadline = e.deadline
-        if self._unsent:
-            e = self._unsent.popleft()
-            e.tries = 1
-            e.sent = e.writing = True
-            e.first_sent = now
-            self._tx_sent_end = max(self._tx_sent_end, e.seq + 1)
-            self.stats.data_frames_sent += 1
+        due, next_deadline = self._win.next_due(now)
+        if due is not None:
+            if due.tries > cfg.max_retries:
+                self._fail_locked(
+                    f"the peer on {port_name(self.port)} stopped answering: {type_name(due.ftype)} frame "
+                    f"unacknowledged after {due.tries} tries in {now - due.first_sent:.1f}s "
+                    f"(ack_timeout={cfg.ack_timeout:g}s, max_retries={cfg.max_retries})")
+                return None
+            return due.frame, self._win.retransmit(due)
+        e = self._win.next_new(now)
+        if e is not None:
             return e.frame, e
         if next_deadline is not None:
             self._writer_wait = max(0.0, next_deadline - now)
@@ -843,25 +544,8 @@ class Transport:
                 self.stats.frames_sent += 1
                 self.stats.bytes_written += len(frame)
                 if entry is not None:
-                    entry.writing = False
-                    entry.arrive_at = self._wire_free
-                    entry.deadline = self._wire_free + self.config.ack_timeout
-                    if entry.nak_pending:
-                        entry.nak_pending = False
-                        entry.deadline = time.monotonic()
+                    self._win.written(entry, self._wire_free)
                 self._cond.notify_all()
 
 
 _DATA_TYPES = frozenset(t for t in FrameType if t not in CONTROL_TYPES)
-
-
-def _as_type(ftype: int) -> int:
-    try:
-        return FrameType(ftype)
-    except ValueError:
-        return ftype
-
-
-def _peer_window(body: dict[str, Any], ours: int) -> int:
-    w = body.get("window")
-    return max(1, min(ours, w)) if isinstance(w, int) else ours
