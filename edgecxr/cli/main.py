@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from edgecxr.host.train_config import default as _td
 from edgecxr.shared.errors import EdgeCXRError
 
 app = typer.Typer(
@@ -178,23 +179,26 @@ def data_stress(
 # ---------------------------------------------------------------- train
 @app.command()
 def train(
-    split: Annotated[Path, typer.Option(help="Split manifest from `edgecxr data split`")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder")],
-    size: Annotated[int, typer.Option(help="Input size in pixels")] = 224,
-    width: Annotated[float, typer.Option(help="MobileNetV2 width multiplier")] = 1.0,
-    init: Annotated[str, typer.Option(help="imagenet | none | PATH to a state dict or checkpoint")] = "none",
-    freeze_blocks: Annotated[int, typer.Option(help="Freeze the first K feature blocks")] = 0,
-    epochs: Annotated[int, typer.Option(help="Maximum epochs")] = 30,
-    batch_size: Annotated[int, typer.Option(help="Batch size")] = 32,
-    lr: Annotated[float, typer.Option(help="Adam learning rate")] = 1e-3,
-    weight_decay: Annotated[float, typer.Option(help="Adam weight decay")] = 1e-5,
-    patience: Annotated[int, typer.Option(help="Early stopping patience (epochs without val-loss improvement)")] = 5,
+    ctx: typer.Context,
+    split: Annotated[Path | None, typer.Option(help="Split manifest from `edgecxr data split` (required unless --config)")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (required unless --config)")] = None,
+    config: Annotated[Path | None, typer.Option(help="Replay a run: its RUN/config.json supplies every setting; "
+                                                     "options given here override them")] = None,
+    size: Annotated[int, typer.Option(help="Input size in pixels")] = _td("size"),
+    width: Annotated[float, typer.Option(help="MobileNetV2 width multiplier")] = _td("width_mult"),
+    init: Annotated[str, typer.Option(help="imagenet | none | PATH to a state dict or checkpoint")] = _td("init"),
+    freeze_blocks: Annotated[int, typer.Option(help="Freeze the first K feature blocks")] = _td("freeze_blocks"),
+    epochs: Annotated[int, typer.Option(help="Maximum epochs")] = _td("epochs"),
+    batch_size: Annotated[int, typer.Option(help="Batch size")] = _td("batch_size"),
+    lr: Annotated[float, typer.Option(help="Adam learning rate")] = _td("lr"),
+    weight_decay: Annotated[float, typer.Option(help="Adam weight decay")] = _td("weight_decay"),
+    patience: Annotated[int, typer.Option(help="Early stopping patience (epochs without val-loss improvement)")] = _td("patience"),
     rotation: Annotated[float | None, typer.Option(help="Random rotation range in degrees")] = None,
     hflip: Annotated[bool | None, typer.Option("--hflip/--no-hflip", help="Random horizontal flips")] = None,
-    class_weighting: Annotated[bool, typer.Option(help="Weight the loss by inverse class frequency")] = True,
+    class_weighting: Annotated[bool, typer.Option(help="Weight the loss by inverse class frequency")] = _td("class_weighting"),
     recipe: Annotated[str, typer.Option(help="Training recipe preset: acquisition (measured best, see "
                                              "benchmarks/training.md) | paper | robust | robust-mixup; "
-                                             "options given explicitly override it")] = "acquisition",
+                                             "options given explicitly override it")] = _td("recipe"),
     zoom: Annotated[float | None, typer.Option(help="Random zoom in and out, scale in [1/(1+z), 1+z]")] = None,
     translate: Annotated[float | None, typer.Option(help="Random shift, fraction of the image size")] = None,
     intensity: Annotated[float | None, typer.Option(help="Exposure, contrast and gamma jitter strength")] = None,
@@ -203,19 +207,19 @@ def train(
     mixup: Annotated[float | None, typer.Option(help="Mixup Beta(a, a) alpha (0 = off)")] = None,
     ema: Annotated[float | None, typer.Option(help="EMA decay of the weights kept as best.pt (0 = off)")] = None,
     label_smoothing: Annotated[float | None, typer.Option(help="Label smoothing of the training loss")] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda (bf16 autocast on CUDA)")] = "auto",
-    seed: Annotated[int, typer.Option(help="Random seed")] = 0,
-    threads: Annotated[int, typer.Option(help="Torch threads (0 = all cores)")] = 0,
-    max_train: Annotated[int, typer.Option(help="Cap on training images, stratified (0 = all)")] = 0,
-    max_val: Annotated[int, typer.Option(help="Cap on validation images, stratified (0 = all)")] = 0,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda (bf16 autocast on CUDA)")] = _td("device"),
+    seed: Annotated[int, typer.Option(help="Random seed")] = _td("seed"),
+    threads: Annotated[int, typer.Option(help="Torch threads (0 = all cores)")] = _td("threads"),
+    max_train: Annotated[int, typer.Option(help="Cap on training images, stratified (0 = all)")] = _td("max_train"),
+    max_val: Annotated[int, typer.Option(help="Cap on validation images, stratified (0 = all)")] = _td("max_val"),
     threshold: Annotated[str, typer.Option(help="Operating threshold rule on validation: sens=0.95 (held best "
-                                                "under shift, benchmarks/training.md) | youden")] = "sens=0.95",
+                                                "under shift, benchmarks/training.md) | youden")] = _td("threshold_rule"),
     resume: Annotated[bool, typer.Option(help="Resume an interrupted run from its last.pt")] = False,
     sync_bn: Annotated[bool, typer.Option(help="Under torchrun on GPUs: synchronized batch norm across processes")] = False,
     dist_timeout: Annotated[float, typer.Option(help="Under torchrun: seconds a process waits for the others "
                                                      "before it gives up (a hung rank)")] = 600.0,
 ):
-    """Train MobileNetV2 (Adam, cosine annealing, early stopping, rotations and flips).
+    """Train MobileNetV2 (Adam, cosine annealing, early stopping, the acquisition augmentation recipe).
 
     Several processes: torchrun --nproc_per_node=2 -m edgecxr train ... (DistributedDataParallel;
     --batch-size is the global batch; README, 'Training on several processes').
@@ -223,26 +227,54 @@ def train(
     Example: edgecxr train --split splits/kermany224.json --out runs/mnv2 --epochs 30
 
     Quick check: edgecxr train --split splits/mini.json --out runs/tiny --size 64 --width 0.35 --epochs 2
+
+    Replay a run elsewhere: edgecxr train --config runs/mnv2/config.json --out runs/mnv2-again
     """
-    from edgecxr.host.train import TrainConfig, Trainer, apply_recipe
+    from edgecxr.host.train_config import load_run_config
 
-    cfg = TrainConfig(split=str(split), out=str(out), size=size, width_mult=width, init=init,
-                      freeze_blocks=freeze_blocks, epochs=epochs, batch_size=batch_size, lr=lr,
-                      weight_decay=weight_decay, patience=patience,
-                      class_weighting=class_weighting, seed=seed, threads=threads, device=device,
-                      max_train=max_train, max_val=max_val, threshold_rule=threshold)
-    explicit = {k: v for k, v in {"zoom": zoom, "translate": translate, "intensity": intensity, "noise": noise,
-                                  "blur": blur, "mixup": mixup, "ema": ema, "label_smoothing": label_smoothing,
-                                  "rotation": rotation, "hflip": hflip}.items() if v is not None}
-    cfg = apply_recipe(cfg, recipe, explicit)
+    options = dict(ctx.params)
+    cfg = _train_settings(ctx, options, load_run_config(config) if config is not None else None)
     from edgecxr.host.distributed import session
+    from edgecxr.host.train import Trainer
 
-    with session(device, sync_bn=sync_bn, timeout_s=dist_timeout) as dd:
+    with session(cfg.device, sync_bn=sync_bn, timeout_s=dist_timeout) as dd:
         res = Trainer(cfg, log=info, dist=dd).run(resume=resume)
     if dd is not None and not dd.is_main:
         return
-    typer.echo(f"best checkpoint: {out / 'best.pt'} (epoch {res['best_epoch']}, "
+    typer.echo(f"best checkpoint: {Path(cfg.out) / 'best.pt'} (epoch {res['best_epoch']}, "
                f"val AUC {res['metrics']['auc']:.4f}, accuracy {res['metrics']['accuracy']:.4f})")
+
+
+# `edgecxr train` option -> TrainConfig field; the augmentation options (None = the recipe's) are apart.
+_TRAIN_FIELDS = {"split": "split", "out": "out", "size": "size", "width": "width_mult", "init": "init",
+                 "freeze_blocks": "freeze_blocks", "epochs": "epochs", "batch_size": "batch_size", "lr": "lr",
+                 "weight_decay": "weight_decay", "patience": "patience", "class_weighting": "class_weighting",
+                 "device": "device", "seed": "seed", "threads": "threads", "max_train": "max_train",
+                 "max_val": "max_val", "threshold": "threshold_rule"}
+_AUGMENTATION = ("zoom", "translate", "intensity", "noise", "blur", "mixup", "ema", "label_smoothing",
+                 "rotation", "hflip")
+
+
+def _train_settings(ctx: typer.Context, options: dict, saved: dict | None):
+    """The TrainConfig ``edgecxr train`` runs: the options, over the replayed run's settings with --config.
+
+    Without --config every option counts (their defaults are TrainConfig's) and the recipe is applied;
+    with it only the options given on the command line override the saved settings, and the recipe is
+    applied only when --recipe is given (otherwise the run's own augmentation is kept).
+    """
+    from edgecxr.host.train_config import resolve_train_config
+
+    def given(name: str) -> bool:  # by name: typer may carry its own copy of click's ParameterSource
+        source = ctx.get_parameter_source(name)
+        return saved is None or getattr(source, "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")
+
+    base = {fld: options[opt] for opt, fld in _TRAIN_FIELDS.items() if given(opt) and options[opt] is not None}
+    for k in ("split", "out"):
+        if k in base:
+            base[k] = str(base[k])
+    augmentation = {k: options[k] for k in _AUGMENTATION if options[k] is not None}
+    return resolve_train_config(base, saved=saved, recipe=options["recipe"] if given("recipe") else None,
+                                augmentation=augmentation)
 
 
 # ---------------------------------------------------------------- evaluate

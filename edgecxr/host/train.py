@@ -1,9 +1,12 @@
 """Training MobileNetV2 on a recorded split (host side, torch).
 
-Recipe (the paper's): Adam, cosine annealing, early stopping on validation
-loss, random rotations and horizontal flips, class weighting for the ~1:3
-imbalance.  Every knob is a named field of ``TrainConfig``; a run directory
-holds config.json, history.csv, last.pt, best.pt, metrics.json,
+Adam, cosine annealing, early stopping on validation loss and class weighting for
+the ~1:3 imbalance.  The default recipe is ``acquisition`` (rotations and flips plus
+zoom, shift, exposure/contrast/gamma, noise and blur; the seed paper's rotations and
+flips only are ``--recipe paper``) and the default operating threshold is chosen on
+validation for sensitivity 0.95 (``sens=0.95``).  Every knob is a named field of
+:class:`~edgecxr.host.train_config.TrainConfig`; a run directory holds config.json
+(``edgecxr train --config`` replays it), history.csv, last.pt, best.pt, metrics.json,
 val_predictions.csv and the PNG curves.
 """
 
@@ -37,48 +40,12 @@ from edgecxr.host.model import (
     read_checkpoint,
     save_checkpoint,
 )
+from edgecxr.host.train_config import RECIPES, TrainConfig, apply_recipe  # noqa: F401  (re-exported)
 from edgecxr.shared.data import Item, SplitManifest
 from edgecxr.shared.errors import EdgeCXRError
 from edgecxr.shared.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
 from edgecxr.shared.metrics import choose_threshold, softmax_pos, summarize
 from edgecxr.shared.preprocess import PreprocessConfig, resize_grey
-
-
-@dataclass
-class TrainConfig:
-    split: str
-    out: str
-    size: int = 224
-    width_mult: float = 1.0
-    init: str = "none"  # none | imagenet | PATH
-    freeze_blocks: int = 0  # freeze the first K blocks of model.features
-    epochs: int = 30
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-5
-    min_lr: float = 1e-6
-    patience: int = 5
-    rotation: float = 10.0  # degrees, uniform in [-r, r]
-    hflip: bool = True
-    class_weighting: bool = True
-    label_smoothing: float = 0.0
-    # acquisition-aware augmentation (0 = off; "paper" recipe uses none of them)
-    zoom: float = 0.0  # random scale in [1/(1+z), 1+z] (zoom in and out)
-    translate: float = 0.0  # random shift, fraction of the image size
-    intensity: float = 0.0  # exposure, contrast and gamma jitter strength
-    noise: float = 0.0  # max Gaussian noise sigma (grey 0..1)
-    blur: float = 0.0  # max Gaussian blur sigma in pixels at 224 px
-    mixup: float = 0.0  # Beta(a, a) mixup alpha (0 = off)
-    ema: float = 0.0  # EMA decay of the weights used for validation and best.pt (0 = off)
-    recipe: str = "custom"
-    device: str = "auto"  # auto | cpu | cuda
-    seed: int = 0
-    threads: int = 0  # 0 = all cores
-    max_train: int = 0  # 0 = all; >0 caps the training images (quick runs)
-    max_val: int = 0
-    threshold_rule: str = "youden"
-    data_root: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def seed_everything(seed: int) -> None:
@@ -116,29 +83,6 @@ def normalize_torch(x: torch.Tensor, pp: PreprocessConfig) -> torch.Tensor:
     mean = torch.tensor(pp.mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
     std = torch.tensor(pp.std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
     return (x.unsqueeze(1).float() - mean) / std
-
-
-# Named training recipes: what `edgecxr train --recipe NAME` sets before the explicit options.
-RECIPES: dict[str, dict[str, Any]] = {
-    # the seed paper's: rotations and flips only
-    "paper": {"rotation": 10.0, "hflip": True, "zoom": 0.0, "translate": 0.0, "intensity": 0.0,
-              "noise": 0.0, "blur": 0.0, "mixup": 0.0, "ema": 0.0, "label_smoothing": 0.0},
-    # acquisition-aware augmentation: field of view (zoom, shift), exposure/contrast/gamma,
-    # detector noise and focus; JPEG, resampling and quantum noise are left out on purpose so
-    # that the stress set keeps families the model never trained on
-    "acquisition": {"rotation": 10.0, "hflip": True, "zoom": 0.15, "translate": 0.06, "intensity": 0.3,
-                    "noise": 0.03, "blur": 1.2, "mixup": 0.0, "ema": 0.0, "label_smoothing": 0.0},
-}
-RECIPES["robust"] = {**RECIPES["acquisition"], "label_smoothing": 0.1, "ema": 0.999}
-RECIPES["robust-mixup"] = {**RECIPES["robust"], "mixup": 0.2}
-
-
-def apply_recipe(cfg: TrainConfig, name: str, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """A copy of cfg with recipe ``name``'s settings, then ``overrides`` (explicit options) on top."""
-    if name not in RECIPES:
-        raise EdgeCXRError(f"unknown training recipe {name!r}; choose one of {', '.join(RECIPES)}")
-    vals = {**asdict(cfg), **RECIPES[name], **(overrides or {}), "recipe": name}
-    return TrainConfig(**vals)
 
 
 def ema_warmup_fn(decay: float):
