@@ -129,7 +129,7 @@ def _check_mobilenet(model: nn.Module, path: Path) -> None:
 
 
 def _evaluate(model: nn.Module, cache: np.ndarray, y: np.ndarray, pp, threshold: float) -> dict[str, Any]:
-    from edgecxr.host.train import predict_cache
+    from edgecxr.host.fit import predict_cache
     from edgecxr.shared.metrics import summarize
 
     _, prob = predict_cache(model, cache, pp)
@@ -140,7 +140,7 @@ def _evaluate(model: nn.Module, cache: np.ndarray, y: np.ndarray, pp, threshold:
 
 def _taylor_gradients(model: nn.Module, x: np.ndarray, y: torch.Tensor, pp, batch_size: int) -> None:
     """Accumulate d(mean cross-entropy)/d(weights) over the given training images (BN in eval mode)."""
-    from edgecxr.host.train import normalize_torch
+    from edgecxr.host.fit import normalize_torch
 
     model.eval()
     model.zero_grad(set_to_none=True)
@@ -159,7 +159,7 @@ def recalibrate_bn(model: nn.Module, x: np.ndarray, pp, batch_size: int = 64) ->
     Pruning removes inputs of the following layers, so the stored statistics no longer match their
     outputs; a forward pass over a few hundred training images fixes most of the damage.
     """
-    from edgecxr.host.train import normalize_torch
+    from edgecxr.host.fit import normalize_torch
 
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [m.momentum for m in bns]
@@ -277,8 +277,9 @@ class _Source:
 
 
 def _load_source(checkpoint: Path, s: PruneSettings, split: str | Path | None) -> tuple[_Source, int]:
-    from edgecxr.host import train as T
+    from edgecxr.host import fit
     from edgecxr.host.model import load_checkpoint
+    from edgecxr.host.train_config import RECIPES
     from edgecxr.shared.data import SplitManifest
     from edgecxr.shared.preprocess import PreprocessConfig
 
@@ -295,14 +296,14 @@ def _load_source(checkpoint: Path, s: PruneSettings, split: str | Path | None) -
                                "the checkpoint's own split is not here")
     split = Path(split)
     sm = SplitManifest.read(split)
-    train_items = T._cap(sm.subset("train"), s.max_train, s.seed)
-    val_items = T._cap(sm.subset("val"), s.max_val, s.seed)
+    train_items = fit.cap_stratified(sm.subset("train"), s.max_train, s.seed)
+    val_items = fit.cap_stratified(sm.subset("val"), s.max_val, s.seed)
     for name, its in (("train", train_items), ("val", val_items)):
         if len({it.label for it in its}) < 2:
             raise EdgeCXRError(f"the {name} part of the split is empty or has a single class", split)
     recipe = (meta.get("train") or {}).get("recipe")
     src = _Source(checkpoint, model, meta, replace(pp0, size=size), split, sm, train_items, val_items,
-                  np.zeros(0), np.zeros(0), recipe if recipe in T.RECIPES else "paper",
+                  np.zeros(0), np.zeros(0), recipe if recipe in RECIPES else "paper",
                   meta.get("threshold_rule") or "youden", 0.0, "checkpoint")
     return src, size
 
@@ -331,13 +332,14 @@ def _measure(model: nn.Module, src: _Source, threshold: float, file: Path) -> di
 def _finetune(model: nn.Module, arch: dict[str, Any], src: _Source, s: PruneSettings, k: int, tmp: Path,
               orig_width: float, show_progress: bool, log) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fine-tune the pruned weights in place with the source's recipe; returns (trainer result, best.pt blob)."""
-    from edgecxr.host import train as T
     from edgecxr.host.model import save_checkpoint
+    from edgecxr.host.train import Trainer
+    from edgecxr.host.train_config import TrainConfig, apply_recipe
 
     run_dir = tmp / "finetune" / f"step{k}"
     init = tmp / "finetune" / f"step{k}-init.pt"
     save_checkpoint(init, model, arch, src.pp, None, {"prune_step": k})
-    cfg = T.TrainConfig(split=str(src.split), out=str(run_dir), size=src.pp.size, width_mult=orig_width,
+    cfg = TrainConfig(split=str(src.split), out=str(run_dir), size=src.pp.size, width_mult=orig_width,
                         init=str(init), epochs=s.finetune_epochs, batch_size=s.batch_size, lr=s.lr,
                         min_lr=min(1e-6, s.lr), patience=max(s.finetune_epochs, 1), seed=s.seed + k - 1,
                         threads=s.threads, max_train=s.max_train, max_val=s.max_val,
@@ -345,8 +347,8 @@ def _finetune(model: nn.Module, arch: dict[str, Any], src: _Source, s: PruneSett
                         extra={"pruned_from": str(src.path), "prune_step": k})
     # fine-tune with the augmentation the source was trained with (EMA and mixup off: two epochs are
     # too short for either)
-    cfg = T.apply_recipe(cfg, src.recipe, {"ema": 0.0, "mixup": 0.0})
-    res = T.Trainer(cfg, log=log, show_progress=show_progress).run()
+    cfg = apply_recipe(cfg, src.recipe, {"ema": 0.0, "mixup": 0.0})
+    res = Trainer(cfg, log=log, show_progress=show_progress).run()
     blob = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False)
     model.load_state_dict(blob["state_dict"])  # same tensors the pruner tracks
     model.eval()
@@ -378,7 +380,7 @@ def prune_checkpoint(checkpoint: str | Path, out_dir: str | Path, ratio: float, 
 
 
 def _prune(checkpoint: Path, out_dir: Path, s: PruneSettings, split, force: bool, show_progress: bool, log):
-    from edgecxr.host import train as T
+    from edgecxr.host import fit
     from edgecxr.host.model import describe_arch
 
     t0 = time.time()
@@ -391,17 +393,17 @@ def _prune(checkpoint: Path, out_dir: Path, s: PruneSettings, split, force: bool
 
     if s.threads:
         torch.set_num_threads(s.threads)
-    T.seed_everything(s.seed)
+    fit.seed_everything(s.seed)
     log(f"pruning {checkpoint} ({arch0.get('width_mult')}x MobileNetV2, {len(plan)} prunable groups) by {s.ratio} "
         f"in {s.steps} step(s), {s.importance} importance, channels rounded to {s.round_to}")
     log(f"data: {len(src.train_items)} train / {len(src.val_items)} val images at {size}px (split {src.split})")
-    src.xva = T.load_cache(src.sm, src.val_items, size)
+    src.xva = fit.load_cache(src.sm, src.val_items, size)
     src.yva = np.array([it.label for it in src.val_items])
     src.threshold = meta.get("threshold")
     if src.threshold is None:
         from edgecxr.shared.metrics import choose_threshold
 
-        _, p = T.predict_cache(model, src.xva, pp)
+        _, p = fit.predict_cache(model, src.xva, pp)
         src.threshold, src.threshold_source = choose_threshold(src.yva, p, "youden"), \
             "youden on validation (checkpoint had none)"
     before = {**_measure(model, src, src.threshold, checkpoint), "threshold_source": src.threshold_source}
@@ -467,17 +469,17 @@ def _prune(checkpoint: Path, out_dir: Path, s: PruneSettings, split, force: bool
 
 
 def _importance_and_bn_images(src: _Source, s: PruneSettings, log):
-    from edgecxr.host import train as T
+    from edgecxr.host import fit
 
     xtay = ytay = xbn = None
     if s.importance == "taylor":
-        tay_items = T._cap(src.train_items, s.taylor_images, s.seed)
-        xtay = T.load_cache(src.sm, tay_items, src.pp.size)
+        tay_items = fit.cap_stratified(src.train_items, s.taylor_images, s.seed)
+        xtay = fit.load_cache(src.sm, tay_items, src.pp.size)
         ytay = torch.tensor([it.label for it in tay_items])
         log(f"taylor importance: gradients from {len(tay_items)} training images")
     if s.bn_images > 0:
-        bn_items = T._cap(src.train_items, s.bn_images, s.seed + 1)
-        xbn = T.load_cache(src.sm, bn_items, src.pp.size)
+        bn_items = fit.cap_stratified(src.train_items, s.bn_images, s.seed + 1)
+        xbn = fit.load_cache(src.sm, bn_items, src.pp.size)
         xbn = xbn[np.random.default_rng(s.seed).permutation(len(xbn))]  # mixed classes in every batch
     return xtay, ytay, xbn
 
@@ -486,7 +488,7 @@ def _write_pruned(tmp: Path, out_dir: Path, model: nn.Module, arch: dict[str, An
                   s: PruneSettings, final_blob: dict[str, Any] | None, prune_info: dict[str, Any]) -> Path:
     """best.pt: the last fine-tune's checkpoint with the pruning recorded, or (no fine-tuning) the pruned
     weights with a threshold chosen on validation by the source's rule."""
-    from edgecxr.host import train as T
+    from edgecxr.host import fit
     from edgecxr.host.model import save_checkpoint
     from edgecxr.shared.metrics import choose_threshold, summarize
 
@@ -504,8 +506,8 @@ def _write_pruned(tmp: Path, out_dir: Path, model: nn.Module, arch: dict[str, An
         torch.save(final_blob, buf)
         atomic_write_bytes(best, buf.getvalue())
     else:
-        _, prob = T.predict_cache(model, src.xva, src.pp)
-        thr = choose_threshold(src.yva, prob, *T._threshold_rule(src.threshold_rule))
+        _, prob = fit.predict_cache(model, src.xva, src.pp)
+        thr = choose_threshold(src.yva, prob, *fit.threshold_rule(src.threshold_rule))
         save_checkpoint(best, model, arch, src.pp, thr, {
             "threshold_rule": src.threshold_rule, "val_metrics": summarize(src.yva, prob, thr),
             "train": {"split": str(src.split), "size": src.pp.size, "epochs": 0,
@@ -518,7 +520,7 @@ def _write_pruned(tmp: Path, out_dir: Path, model: nn.Module, arch: dict[str, An
 def _record(best: Path, out_dir: Path, src: _Source, s: PruneSettings, prune_info: dict[str, Any],
             before: dict[str, Any], plan: list, step_log: list) -> dict[str, Any]:
     """prune.json, with the after column measured on the checkpoint as written, loaded with nothing else."""
-    from edgecxr.host import train as T
+    from edgecxr.host import fit
     from edgecxr.host.model import load_checkpoint
 
     pmodel, pmeta = load_checkpoint(best)
@@ -536,5 +538,5 @@ def _record(best: Path, out_dir: Path, src: _Source, s: PruneSettings, prune_inf
                       "val_auc_change": after["val"]["auc"] - before["val"]["auc"],
                       "val_accuracy_change": after["val"]["accuracy"] - before["val"]["accuracy"]},
         "plan": plan, "step_log": step_log,
-        "env": T.env_record(), "seconds": None,
+        "env": fit.env_record(), "seconds": None,
     }

@@ -16,10 +16,6 @@ import csv
 import io
 import json
 import math
-import os
-import platform
-import random
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,7 +26,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgecxr import LABELS, __version__
+from edgecxr import LABELS
+from edgecxr.host.fit import (  # noqa: F401  (re-exported: benchmarks/ and tests use them from here)
+    cap_stratified,
+    env_record,
+    load_cache,
+    normalize_torch,
+    predict_cache,
+    seed_everything,
+    threshold_rule,
+)
 from edgecxr.host.model import (
     build_from_arch,
     build_mobilenet_v2,
@@ -41,48 +46,11 @@ from edgecxr.host.model import (
     save_checkpoint,
 )
 from edgecxr.host.train_config import RECIPES, TrainConfig, apply_recipe  # noqa: F401  (re-exported)
-from edgecxr.shared.data import Item, SplitManifest
+from edgecxr.shared.data import SplitManifest
 from edgecxr.shared.errors import EdgeCXRError
 from edgecxr.shared.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
-from edgecxr.shared.metrics import choose_threshold, softmax_pos, summarize
-from edgecxr.shared.preprocess import PreprocessConfig, resize_grey
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
-def _cap(items: list[Item], n: int, seed: int) -> list[Item]:
-    if n <= 0 or n >= len(items):
-        return items
-    # stratified cap: keep class proportions
-    rng = np.random.default_rng(seed)
-    out: list[Item] = []
-    for lab in (0, 1):
-        grp = [it for it in items if it.label == lab]
-        k = max(1, int(round(n * len(grp) / len(items))))
-        idx = sorted(rng.choice(len(grp), size=min(k, len(grp)), replace=False))
-        out += [grp[i] for i in idx]
-    return out
-
-
-def load_cache(split: SplitManifest, items: list[Item], size: int, progress=None) -> np.ndarray:
-    """Grey [0,1] images resized to size, as float16 N x H x W (the numpy preprocessing)."""
-    arr = np.empty((len(items), size, size), dtype=np.float16)
-    for i, it in enumerate(items):
-        arr[i] = resize_grey(split.load(it), size)
-        if progress:
-            progress(i + 1)
-    return arr
-
-
-def normalize_torch(x: torch.Tensor, pp: PreprocessConfig) -> torch.Tensor:
-    """N x H x W grey [0,1] -> N x C x H x W; same arithmetic as preprocess.normalize."""
-    mean = torch.tensor(pp.mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-    std = torch.tensor(pp.std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-    return (x.unsqueeze(1).float() - mean) / std
+from edgecxr.shared.metrics import choose_threshold, summarize
+from edgecxr.shared.preprocess import PreprocessConfig
 
 
 def ema_warmup_fn(decay: float):
@@ -198,40 +166,6 @@ def freeze_first_blocks(model: nn.Module, k: int) -> None:
                 p.requires_grad_(False)
 
 
-@torch.no_grad()
-def predict_cache(model: nn.Module, cache: np.ndarray, pp: PreprocessConfig, bs: int = 64,
-                  device: torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(logits N x 2, p(pneumonia) N) for a cached grey array (fp32 arithmetic on any device)."""
-    model.eval()
-    device = device or next(model.parameters()).device
-    outs = []
-    for i in range(0, len(cache), bs):
-        xb = torch.from_numpy(cache[i:i + bs].astype(np.float32)).to(device)
-        xb = normalize_torch(xb, pp)
-        if device.type == "cuda":
-            xb = xb.contiguous(memory_format=torch.channels_last)
-        outs.append(model(xb).float().cpu())
-    logits = torch.cat(outs).numpy() if outs else np.zeros((0, 2), np.float32)
-    return logits, softmax_pos(logits)
-
-
-def env_record() -> dict[str, Any]:
-    import torchvision
-
-    return {
-        "edgecxr": __version__,
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "numpy": np.__version__,
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-
-
 def make_model(cfg: TrainConfig, log) -> tuple[nn.Module, dict]:
     init = cfg.init
     if init == "imagenet":
@@ -338,8 +272,8 @@ class Trainer:
         """The split's images, capped and cached at the training size; the per-process batch."""
         cfg, dd = self.cfg, self.dist
         split = SplitManifest.read(cfg.split, cfg.data_root)
-        train_items = _cap(split.subset("train"), cfg.max_train, cfg.seed)
-        val_items = _cap(split.subset("val"), cfg.max_val, cfg.seed)
+        train_items = cap_stratified(split.subset("train"), cfg.max_train, cfg.seed)
+        val_items = cap_stratified(split.subset("val"), cfg.max_val, cfg.seed)
         if not train_items or not val_items:
             raise EdgeCXRError("split has an empty train or val part", cfg.split)
         for name, its in (("train", train_items), ("val", val_items)):
@@ -524,7 +458,7 @@ class Trainer:
         out, cfg = self.out, self.cfg
         model, meta = load_checkpoint(out / "best.pt")
         _, prob = predict_cache(model, xva, pp)
-        method, target = _threshold_rule(cfg.threshold_rule)
+        method, target = threshold_rule(cfg.threshold_rule)
         thr = choose_threshold(yva, prob, method, target)
         metrics = summarize(yva, prob, thr)
         from edgecxr.shared.metrics import expected_calibration_error, fit_temperature, reliability_bins
@@ -600,15 +534,6 @@ def _cpu_state(obj):
     return obj
 
 
-def _threshold_rule(rule: str):
-    from edgecxr.shared.metrics import parse_threshold_spec
-
-    try:
-        return parse_threshold_spec(rule)
-    except ValueError as e:
-        raise EdgeCXRError(str(e)) from None
-
-
 def format_metrics(m: dict[str, Any], where: str) -> str:
     lo, hi = m["auc_ci95"]
     return (f"{where}: n={m['n']} ({m['n_pos']} {LABELS[1]}, {m['n_neg']} {LABELS[0]})  "
@@ -616,3 +541,7 @@ def format_metrics(m: dict[str, Any], where: str) -> str:
             f"accuracy {m['accuracy']:.4f}  sensitivity {m['sensitivity']:.4f}  "
             f"specificity {m['specificity']:.4f}  PPV {m['ppv']:.4f}  NPV {m['npv']:.4f}  "
             f"TN {m['tn']} FP {m['fp']} FN {m['fn']} TP {m['tp']}")
+
+
+_cap = cap_stratified  # the names benchmarks/training/*.py use
+_threshold_rule = threshold_rule
