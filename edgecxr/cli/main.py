@@ -602,8 +602,8 @@ def pipeline(
     epochs: Annotated[int, typer.Option(help="Training epochs")] = 30,
     prune_ratio: Annotated[float, typer.Option(help="Channel pruning ratio (0 = no pruning)")] = 0.5,
     finetune_epochs: Annotated[int, typer.Option(help="Fine-tuning epochs after pruning")] = 3,
-    recipe: Annotated[str, typer.Option(help="Training recipe (see `edgecxr train --help`)")] = "acquisition",
-    threshold: Annotated[str, typer.Option(help="Operating threshold rule on validation: sens=0.95 | youden")] = "sens=0.95",
+    recipe: Annotated[str, typer.Option(help="Training recipe (see `edgecxr train --help`)")] = _td("recipe"),
+    threshold: Annotated[str, typer.Option(help="Operating threshold rule on validation: sens=0.95 | youden")] = _td("threshold_rule"),
     train_device: Annotated[str, typer.Option(help="Training device: auto | cpu | cuda")] = "auto",
 ):
     """The full pipeline from raw images: split, calibration set, train, prune, export, bench, report, gate.
