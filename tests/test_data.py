@@ -1,5 +1,6 @@
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -167,3 +168,28 @@ def test_calibration_set_from_an_npz_keeps_its_28_px_images(tmp_path):
     # the relaxation is scoped to the set's own loader: the same 28 px file alone is still refused
     with pytest.raises(ImageReadError, match="at least 64"):
         load_grey(cal / m["items"][0]["path"])
+
+
+def test_image_memo_decodes_each_image_once_inside_and_keeps_nothing_outside():
+    """demo and pipeline share preprocessed images between bench and gate (issue 28): inside
+    image_memo the same image comes back without decoding again, equal to a fresh decode; outside
+    it every call decodes."""
+    from edgecxr.shared import data as D
+    from edgecxr.shared.preprocess import PreprocessConfig
+
+    root = Path(__file__).resolve().parents[1] / "data" / "kermany224-val"
+    ds = D.scan(root)
+    it = sorted(ds.items, key=lambda i: i.path)[0]
+    pp = PreprocessConfig(size=64)
+    fresh, _ = D.load_preprocessed(ds.root, it, pp)
+    again, _ = D.load_preprocessed(ds.root, it, pp)
+    assert fresh is not again and D._MEMO is None
+    with D.image_memo():
+        a, ms = D.load_preprocessed(ds.root, it, pp)
+        with D.image_memo():
+            b, ms_b = D.load_preprocessed(ds.root, it, pp)
+        assert a is b and ms == ms_b and not a.flags.writeable
+        c, _ = D.load_preprocessed(ds.root, it, PreprocessConfig(size=96))
+        assert c.shape[-1] == 96
+    assert D._MEMO is None
+    np.testing.assert_array_equal(a, fresh)

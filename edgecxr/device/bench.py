@@ -25,7 +25,6 @@ from edgecxr.device.bundle import Bundle, IOSpec, verify
 from edgecxr.shared.errors import DataError, EdgeCXRError
 from edgecxr.shared.fsutil import atomic_append_line, portable_path, read_lines, sha256_file
 from edgecxr.shared.metrics import binary_metrics, delong_paired, expected_calibration_error, softmax_pos, summarize
-from edgecxr.shared.preprocess import preprocess_grey
 from edgecxr.shared.sysinfo import default_device_name, device_facts, reset_peak_rss, rss_mb
 
 RECORD_SCHEMA = 1
@@ -71,7 +70,7 @@ def _encode_time(spec: IOSpec, x: np.ndarray) -> tuple[np.ndarray, float]:
 
 def load_images(subject: Subject, data: str | Path | None, max_images: int, log) -> dict[str, Any]:
     """Evaluation images in a fixed order (sorted by relative path), preprocessed, with timings."""
-    from edgecxr.shared.data import SplitManifest, load_item, scan
+    from edgecxr.shared.data import SplitManifest, load_preprocessed, scan
 
     if data is None:
         hint = subject.data_hint or {}
@@ -98,9 +97,9 @@ def load_images(subject: Subject, data: str | Path | None, max_images: int, log)
         items = sorted(pos[:k] + neg[:max(1, max_images - k)], key=lambda it: it.path)
     pre_ms, xs = [], []
     for it in items:
-        t = time.perf_counter()
-        xs.append(preprocess_grey(load_item(root, it), subject.preprocess))
-        pre_ms.append((time.perf_counter() - t) * 1000)
+        x, ms = load_preprocessed(root, it, subject.preprocess)
+        xs.append(x)
+        pre_ms.append(ms)
     return {"items": items, "x": np.stack(xs).astype(np.float32), "pre_ms": np.array(pre_ms),
             "source": source, "skipped": [asdict(s) for s in skipped]}
 

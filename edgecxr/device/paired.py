@@ -36,14 +36,13 @@ class ImageSet:
 def load_image_set(data: str | Path, preprocess) -> ImageSet:
     from dataclasses import asdict
 
-    from edgecxr.shared.data import load_item, scan
-    from edgecxr.shared.preprocess import preprocess_grey
+    from edgecxr.shared.data import load_preprocessed, scan
 
     ds = scan(data)
     items = sorted(ds.items, key=lambda it: it.path)
     if not items:
         raise DataError("no readable images", data)
-    x = np.stack([preprocess_grey(load_item(ds.root, it), preprocess) for it in items]).astype(np.float32)
+    x = np.stack([load_preprocessed(ds.root, it, preprocess)[0] for it in items]).astype(np.float32)
     return ImageSet(str(data), [it.path for it in items], [it.sha256 for it in items],
                     np.array([it.label for it in items]), x, [asdict(s) for s in ds.skipped])
 

@@ -144,6 +144,20 @@ def export_bench_report_gate(models: list[Model], dist: Path, results: Path, rep
     the report written, the int8 bundles gated (against their fp32 twins, or with ``against_twins``
     false against the float reference each bundle carries). A gate failure is returned, not raised,
     so the caller prints the table first."""
+    from edgecxr.shared.data import image_memo
+
+    with image_memo():  # bench and gate decode and preprocess each image once, not once per bundle
+        return _export_bench_report_gate(models, dist, results, report_out, log, eval_dir=eval_dir, split=split,
+                                         calibration=calibration, eval_set=eval_set, name_bundles=name_bundles,
+                                         device=device, iterations=iterations, extra_subjects=extra_subjects,
+                                         max_auc_drop=max_auc_drop, min_agreement=min_agreement, stress=stress,
+                                         gate_summary=gate_summary, gate_details=gate_details,
+                                         expect_fail=expect_fail, against_twins=against_twins, step=step)
+
+
+def _export_bench_report_gate(models, dist, results, report_out, log, *, eval_dir, split, calibration, eval_set,
+                              name_bundles, device, iterations, extra_subjects, max_auc_drop, min_agreement,
+                              stress, gate_summary, gate_details, expect_fail, against_twins, step) -> Tail:
     from edgecxr.device.gate import gate
     from edgecxr.device.report import report
     from edgecxr.host.export import export_bundle, load_eval_set
@@ -189,6 +203,15 @@ def demo(models_dir: Path = ROOT / "models", eval_dir: Path = ROOT / "data" / "k
          results: Path = ROOT / "benchmarks" / "results", report_out: Path = ROOT / "benchmarks" / "RESULTS.md",
          device: str | None = None, iterations: int = 100, baseline: str | None = "densenet121",
          max_auc_drop: float = 0.005, min_agreement: float = 0.98, stress_images: int = 100, log=print) -> int:
+    from edgecxr.shared.data import image_memo
+
+    with image_memo():  # each evaluation and stress image decoded and preprocessed once in this run
+        return _demo(models_dir, eval_dir, calibration, dist, results, report_out, device, iterations, baseline,
+                     max_auc_drop, min_agreement, stress_images, log)
+
+
+def _demo(models_dir, eval_dir, calibration, dist, results, report_out, device, iterations, baseline,
+          max_auc_drop, min_agreement, stress_images, log) -> int:
     from edgecxr.host.export import load_eval_set
     from edgecxr.host.model import read_checkpoint
     from edgecxr.host.torchref import subject_baseline, subject_from_checkpoint

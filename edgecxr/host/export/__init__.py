@@ -49,22 +49,21 @@ class EvalSet:
 
 
 def load_eval_set(pp: PreprocessConfig, split: str | Path | None, data: str | Path | None) -> EvalSet:
-    from edgecxr.shared.data import SplitManifest
-    from edgecxr.shared.data import load_eval_set as load_folder
+    from edgecxr.shared.data import SplitManifest, load_preprocessed, scan
 
     if split is not None:
         sm = SplitManifest.read(split)
-        items = sm.subset("val")
-        greys = [sm.load(it) for it in items]
+        items, root = sm.subset("val"), sm.root
         source = f"validation split of {split}"
     elif data is not None:
-        items, greys, _ = load_folder(data)
+        ds = scan(data)
+        items, root = ds.items, ds.root
         source = str(data)
     else:
         raise EdgeCXRError("no evaluation images: pass --split (its validation part) or --data DIR")
     if not items:
         raise DataError("no evaluation images", split or data)
-    x = np.stack([preprocess_grey(g, pp) for g in greys]).astype(np.float32)
+    x = np.stack([load_preprocessed(root, it, pp)[0] for it in items]).astype(np.float32)
     return EvalSet(source, [it.sha256 for it in items], np.array([it.label for it in items]),
                    [it.path for it in items], x,
                    {"split": str(split) if split is not None else None, "data": str(data) if data is not None else None})
