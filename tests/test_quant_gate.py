@@ -134,6 +134,84 @@ def test_cpu_onnx_profiles_get_the_uint8_form_that_runs_on_integer_kernels(targe
     assert fused.count("QLinearConv") == len(convs) - stem  # every int8 convolution on an integer kernel
 
 
+@pytest.mark.parametrize("recipe", ["percentile-rr-fs4-bc", "u8-percentile-rr-fs2-bc"])
+def test_streamed_percentile_calibration_gives_onnx_runtimes_own_file(recipe, tmp_path):
+    """The batched two-pass calibration (ort_calib.py) writes the very file ONNX Runtime's own percentile
+    calibrator does, byte for byte, for the Jetson's symmetric form and the CPU profiles' uint8 form; the
+    second export of the same graph and images reuses the histograms (no third calibration)."""
+    import dataclasses
+    import hashlib
+
+    from edgecxr.host.calibrate import load_calibration_set
+    from edgecxr.host.export import onnx as onnx_conv
+    from edgecxr.host.export import ort_calib
+    from edgecxr.host.export.recipes import get_recipe
+    from edgecxr.host.model import load_checkpoint
+    from edgecxr.shared.preprocess import PreprocessConfig, preprocess_grey
+
+    model, meta = load_checkpoint(TINY)
+    pp = PreprocessConfig.from_dict(meta["preprocess"])
+    calib = [preprocess_grey(g, pp) for g in load_calibration_set(CALIB).greys]
+    r = get_recipe("onnxruntime", recipe)
+    assert r.params["calibrate_method"] == "percentile"
+    ort_calib._MEMO.clear()
+    digests = {}
+    for streamed in (False, True, True):
+        rr = dataclasses.replace(r, params={**r.params, "streamed_calibration": streamed})
+        out = tmp_path / f"{streamed}-{len(digests)}"
+        out.mkdir()
+        onnx_conv.convert(model, pp.size, pp.channels, calib, "int8", out, rr)
+        digests[out.name] = hashlib.sha256((out / "model.onnx").read_bytes()).hexdigest()
+        assert sorted(f.name for f in out.iterdir()) == ["model.onnx"]
+        assert len(ort_calib._MEMO) == (1 if streamed else 0)
+    assert len(set(digests.values())) == 1, digests
+
+
+def test_streamed_asymmetric_percentile_ranges_match_onnx_runtime():
+    """The asymmetric histogram (x over [-t, t], ONNX Runtime's collect_value) gives ONNX Runtime's ranges too."""
+    import onnxruntime as ort  # noqa: F401
+    import torch
+    from onnxruntime.quantization.calibrate import CalibrationDataReader, CalibrationMethod, create_calibrator
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from edgecxr.host.calibrate import load_calibration_set
+    from edgecxr.host.export import ort_calib
+    from edgecxr.host.model import load_checkpoint
+    from edgecxr.shared.preprocess import PreprocessConfig, preprocess_grey
+
+    model, meta = load_checkpoint(TINY)
+    pp = PreprocessConfig.from_dict(meta["preprocess"])
+    calib = [preprocess_grey(g, pp) for g in load_calibration_set(CALIB).greys][:20]
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as td:
+        fp, pre = Path(td) / "fp.onnx", Path(td) / "pre.onnx"
+        torch.onnx.export(model.eval(), (torch.zeros(1, pp.channels, pp.size, pp.size),), str(fp),
+                          input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "b"}},
+                          opset_version=17, dynamo=False)
+        quant_pre_process(str(fp), str(pre), skip_symbolic_shape=True)
+
+        class Reader(CalibrationDataReader):
+            def __init__(self):
+                self._it = iter([{"input": x[None]} for x in calib])
+
+            def get_next(self):
+                return next(self._it, None)
+
+        ops = list(set(list(QLinearOpsRegistry.keys()) + list(QDQRegistry.keys())))
+        c = create_calibrator(pre, ops, augmented_model_path=str(Path(td) / "aug.onnx"),
+                              calibrate_method=CalibrationMethod.Percentile,
+                              extra_options={"symmetric": False, "percentile": 99.99})
+        c.collect_data(Reader())
+        theirs = c.compute_data()
+        ours = ort_calib.percentile_ranges(pre, calib, 99.99, symmetric=False, batch=7)
+    assert set(theirs.keys()) == set(ours.keys()) and len(ours.keys()) > 40
+    for k in theirs.keys():
+        assert theirs[k].range_value == ours[k].range_value, k
+    assert any(ours[k].range_value[0] != -ours[k].range_value[1] for k in ours.keys())  # not the |x| form
+
+
 def test_bias_correction_removes_the_mean_shift_of_the_logits(tmp_path):
     """On the images it was fitted on, the corrected int8 graph has (almost) the fp32 model's mean logits;
     the same recipe without the correction does not."""

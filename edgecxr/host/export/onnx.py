@@ -81,8 +81,17 @@ def convert(model: torch.nn.Module, size: int, channels: int, calib: list[np.nda
             # the last Gemm (the classifier) and its logits stay float: TensorRT runs an unquantized
             # layer in fp16/fp32 inside an explicitly quantized engine
             exclude += [n.name for n in nodes if n.op_type in ("Gemm", "MatMul")][-1:]
-        quantize_static(str(pre), str(out_dir / "model.onnx"), Reader(), quant_format=fmt,
-                        nodes_to_exclude=exclude,
+        cache = None
+        if method == CalibrationMethod.Percentile and rp.get("streamed_calibration", True):
+            # the same ranges as ONNX Runtime's own percentile calibration, in two batched passes
+            # that never hold every activation (ort_calib.py); reused across targets in one process
+            from edgecxr.host.export.ort_calib import percentile_ranges, write_cache
+
+            ranges = percentile_ranges(pre, list(calib or []), extra["CalibPercentile"],
+                                       symmetric=extra.get("CalibTensorRangeSymmetric", True))
+            cache = write_cache(ranges, out_dir / ".calibration.json")
+        quantize_static(str(pre), str(out_dir / "model.onnx"), None if cache else Reader(), quant_format=fmt,
+                        nodes_to_exclude=exclude, calibration_cache_path=cache,
                         per_channel=True, reduce_range=bool(rp.get("reduce_range", True)),
                         activation_type=QuantType.QUInt8 if u8 else QuantType.QInt8, weight_type=QuantType.QInt8,
                         calibrate_method=method, extra_options=extra)
@@ -96,6 +105,8 @@ def convert(model: torch.nn.Module, size: int, channels: int, calib: list[np.nda
             onnx.save(q, str(out_dir / "model.onnx"))
         fp32.unlink()
         pre.unlink()
+        if cache:
+            cache.unlink()
         for leftover in out_dir.glob("*.onnx.data"):
             leftover.unlink()
         details["quantization"] = f"{recipe.name}: {recipe.description}"
