@@ -67,10 +67,10 @@ CI_STRESS_IMAGES ?= 100
 # threshold, against a limit of 10%) does not yet, on any backend: issue 26.
 CI_EXPECT_FAIL ?= litert:near-threshold onnxruntime:near-threshold openvino:near-threshold
 ci-gate: setup
-	$(BIN)/edgecxr export $(CI_MODEL) --target rpi,nuc,jetson --precision both \
+	$(BIN)/edgecxr export $(CI_MODEL) --target rpi,nuc,jetson,x86-ort --precision both \
 		--data data/kermany224-val --calibration calibration/kermany224 --out dist/ci --force
 	$(BIN)/edgecxr data stress data/kermany224-val --max-images $(CI_STRESS_IMAGES) --out dist/ci/stress --force
-	$(BIN)/edgecxr gate dist/ci/rpi4-int8 dist/ci/nuc-int8 dist/ci/jetson-orin-nano-int8 \
+	$(BIN)/edgecxr gate dist/ci/rpi4-int8 dist/ci/nuc-int8 dist/ci/jetson-orin-nano-int8 dist/ci/x86-ort-int8 \
 		--stress dist/ci/stress --summary dist/ci/gate-summary.md --details dist/ci/gate.json \
 		$(foreach x,$(CI_EXPECT_FAIL),--expect-fail $(x))
 

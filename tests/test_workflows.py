@@ -21,9 +21,13 @@ def test_pipeline_quick_end_to_end(tmp_path):
     assert len(list((out / "calibration" / "calib").rglob("*.png"))) + \
         len(list((out / "calibration" / "calib").rglob("*.jp*g"))) > 0
 
-    # six bundles, each benchmarked once, reported and gated
+    # every demo target in int8 and fp32, each bundle benchmarked once, reported and gated
+    from edgecxr.host.workflows import TARGETS
+    from edgecxr.shared.targets import get_target
+
+    assert {"rpi", "nuc", "jetson", "x86-ort"} <= set(TARGETS)
     names = sorted(d.name for d in (out / "dist").iterdir() if d.is_dir())
-    assert names == sorted(f"{t}-{p}" for t in ("rpi4", "nuc", "jetson-orin-nano") for p in ("int8", "fp32"))
+    assert names == sorted(f"{get_target(t).name}-{p}" for t in TARGETS for p in ("int8", "fp32"))
     recs = [json.loads(line) for f in (out / "results").glob("*.jsonl") for line in f.read_text().splitlines()]
     assert sorted(r["subject"]["name"] for r in recs) == names
     assert all(r["accuracy"]["auc"] is not None for r in recs)
@@ -31,12 +35,12 @@ def test_pipeline_quick_end_to_end(tmp_path):
 
     gate = (out / "gate.md").read_text()
     verdict_rows = [ln for ln in gate.splitlines() if ln.startswith("| ") and "int8" in ln]
-    assert len(verdict_rows) == 3
+    assert len(verdict_rows) == len(TARGETS)
     failed = sum("FAIL" in ln for ln in verdict_rows)
     assert (p.returncode == 1) == (failed > 0)
     # the printed table carries the gate's verdict for every int8 bundle, never a placeholder
     table = [ln for ln in log.splitlines() if ln.split()[:1] and ln.split()[0] in names]
-    assert len(table) == 6
+    assert len(table) == 2 * len(TARGETS)
     for ln in table:
         assert ln.split()[-1] in (("PASS", "FAIL") if "-int8" in ln.split()[0] else ("-",)), ln
     assert json.loads((out / "pipeline.json").read_text())["quick"] is True

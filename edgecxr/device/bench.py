@@ -159,13 +159,14 @@ def run(subject: Subject, data: str | Path | None = None, cfg: BenchConfig | Non
     acc: dict[str, Any] | None = None
     paired: dict[str, Any] | None = None
     if cfg.accuracy and imgs is not None:
-        bs = 16
-        logits = np.concatenate([backend.infer(x_all[i:i + bs]) for i in range(0, len(x_all), bs)])
+        from edgecxr.device.backends import infer_all
+
+        shas = [it.sha256 for it in imgs["items"]]
+        logits = infer_all(backend, x_all, (tuple(shas), json.dumps(subject.preprocess.to_dict(), sort_keys=True)))
         prob = softmax_pos(logits)
         if not np.all(np.isfinite(prob)):
             raise EdgeCXRError(f"{subject.name}: the model produced non-finite outputs")
         y = np.array([it.label for it in imgs["items"]])
-        shas = [it.sha256 for it in imgs["items"]]
         if len(set(y.tolist())) == 2 and subject.threshold is not None:
             acc = summarize(y, prob, subject.threshold)
             acc["ece"] = expected_calibration_error(y, prob)

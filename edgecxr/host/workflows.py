@@ -18,7 +18,7 @@ from typing import Any
 from edgecxr.shared.errors import EdgeCXRError, GateFailure
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository (edgecxr/host/workflows.py)
-TARGETS = ("rpi", "nuc", "jetson")
+TARGETS = ("rpi", "nuc", "jetson", "x86-ort")
 
 
 @dataclass

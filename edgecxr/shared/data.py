@@ -384,6 +384,21 @@ def image_memo() -> Iterator[None]:
             _MEMO = None
 
 
+def memoised(key: tuple, make: Callable[[], Any]) -> Any:
+    """Inside ``image_memo``: what ``make()`` returned the first time for ``key`` in this run (for
+    values that follow from their key alone, such as one model's logits on one image list).
+    Outside: ``make()`` every time."""
+    if _MEMO is None:
+        return make()
+    k = ("memo",) + tuple(key)
+    if k not in _MEMO:
+        v = make()
+        if isinstance(v, np.ndarray):
+            v.setflags(write=False)
+        _MEMO[k] = v  # type: ignore[assignment]
+    return _MEMO[k]
+
+
 def load_preprocessed(root: str | Path, item: Item, pp: Any) -> tuple[np.ndarray, float]:
     """``item`` decoded and preprocessed with ``pp``, and the milliseconds that took (when it was
     made; a memoised image reports the time it took then)."""

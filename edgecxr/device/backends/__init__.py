@@ -10,6 +10,7 @@ plus a converter and a ``targets/*.toml`` file.
 from __future__ import annotations
 
 import importlib
+import json
 from typing import TYPE_CHECKING
 
 from edgecxr.device.backends.base import Backend, BackendInfo
@@ -36,7 +37,29 @@ def open_backend(bundle: Bundle, threads: int | None = None, options: dict | Non
     opts["_precision"] = bundle.manifest["precision"]
     b = cls(bundle.model_path, bundle.input, bundle.output, threads=threads, options=opts)
     b.load()
+    # what decides this backend's outputs: the model file, the runtime, its options and thread count
+    mf = (bundle.manifest.get("files") or {}).get(bundle.manifest.get("model_file")) or {}
+    b.identity = (mf.get("sha256"), bundle.manifest["backend"], json.dumps(opts, sort_keys=True, default=str),
+                  threads) if mf.get("sha256") else None
     return b
 
 
-__all__ = ["Backend", "BackendInfo", "backend_class", "open_backend"]
+def infer_all(backend: Backend, x, images_key: tuple | None = None, bs: int = 16):
+    """Logits of ``backend`` for every image of ``x`` (N x C x H x W), ``bs`` at a time. With
+    ``images_key`` (what names the images and their preprocessing, e.g. their sha256s), inside
+    ``edgecxr.shared.data.image_memo`` the same model, runtime, options, threads and batch size run
+    once per run on the same images: the export check, bench and gate of ``edgecxr demo`` share them."""
+    import numpy as np
+
+    def make():
+        return np.concatenate([backend.infer(x[i:i + bs]) for i in range(0, len(x), bs)])
+
+    ident = getattr(backend, "identity", None)
+    if ident is None or images_key is None:
+        return make()
+    from edgecxr.shared.data import memoised
+
+    return memoised(("logits", ident, bs, images_key), make)
+
+
+__all__ = ["Backend", "BackendInfo", "backend_class", "infer_all", "open_backend"]

@@ -40,6 +40,8 @@ class Backend(ABC):
         self.threads = threads
         self.options = options or {}
         self.notes: list[str] = []
+        # set by open_backend: (model sha256, backend, options, threads), what decides the outputs
+        self.identity: tuple | None = None
 
     @abstractmethod
     def load(self) -> None:

@@ -214,9 +214,17 @@ def export_bundle(checkpoint: str | Path, target: str | Target, precision: str |
         from edgecxr.device.backends import open_backend
 
         try:
+            import json
+            import os
+
+            from edgecxr.device.backends import infer_all
+
             b = verify(tmp, trust=False)
-            backend = open_backend(b)
-            logits = run_backend(backend, ev.x)
+            # the threads bench gives it (the profile's, capped at this machine's cores), 16 at a time as
+            # bench runs it: inside an image memo (demo, pipeline), bench reuses these logits
+            cores = os.cpu_count() or 1
+            backend = open_backend(b, min(tgt.threads or cores, cores))
+            logits = infer_all(backend, ev.x, (tuple(ev.shas), json.dumps(pp.to_dict(), sort_keys=True)))
         except BundleError as e:
             raise BundleError(f"exported artifact does not load or run: {e.message}", final) from None
         except Exception as e:
