@@ -99,7 +99,7 @@ def test_exports_side_by_side_make_the_same_bundles_and_hand_back_their_checks(t
         seen = []
         with sdata.image_memo():
             out = export_groups(groups, {"out_root": tmp_path / str(jobs), "data": MINI, "split": None,
-                                         "calibration": CALIB}, jobs, lambda s, _t, seen=seen: seen.append(Path(s["bundle"]).name))
+                                         "calibration": CALIB}, jobs, lambda s, _t: seen.append(Path(s["bundle"]).name))
             assert [Path(s["bundle"]).name for s in out] == ["r8", "j8", "x8"] and sorted(seen) == ["j8", "r8", "x8"]
             n = len(sdata.memo_entries("logits"))
             assert n == 3, n
