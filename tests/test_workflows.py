@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 from .conftest import MINI, TINY, assert_clean_error, run_cli
 
@@ -76,36 +75,3 @@ def test_demo_and_export_find_the_repository_from_any_folder(tmp_path):
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr
     assert (tmp_path / "d" / "rpi4-fp32" / "manifest.json").is_file()
-
-
-def test_exports_side_by_side_make_the_same_bundles_and_hand_back_their_checks(tmp_path):
-    """Two export processes make the very files one process makes, each group in its order; the logits
-    of their export checks come back into this process's memo, where bench finds them."""
-    from edgecxr.device.bench import BenchConfig, run, subject_from_bundle
-    from edgecxr.host.export import load_eval_set
-    from edgecxr.host.model import read_checkpoint
-    from edgecxr.host.workflows import export_groups
-    from edgecxr.shared import data as sdata
-    from edgecxr.shared.preprocess import PreprocessConfig
-
-    from .conftest import CALIB
-
-    pp = PreprocessConfig.from_dict(read_checkpoint(TINY)["preprocess"])
-    files = {}
-    for jobs in (1, 2):
-        ev = load_eval_set(pp, None, MINI)
-        groups = [(ev, [(str(TINY), "rpi", "int8", "r8")]),
-                  (ev, [(str(TINY), "jetson", "int8", "j8"), (str(TINY), "x86-ort", "int8", "x8")])]
-        seen = []
-        with sdata.image_memo():
-            out = export_groups(groups, {"out_root": tmp_path / str(jobs), "data": MINI, "split": None,
-                                         "calibration": CALIB}, jobs, lambda s, _t: seen.append(Path(s["bundle"]).name))
-            assert [Path(s["bundle"]).name for s in out] == ["r8", "j8", "x8"] and sorted(seen) == ["j8", "r8", "x8"]
-            n = len(sdata.memo_entries("logits"))
-            assert n == 3, n
-            rec = run(subject_from_bundle(out[2]["bundle"]), MINI, BenchConfig(iterations=3), log=lambda *_: None)
-            assert len(sdata.memo_entries("logits")) == n  # bench ran nothing new for accuracy
-            assert rec["vs_float"]["label_agreement"] == out[2]["label_agreement"]
-        files[jobs] = {s["bundle"].rsplit("/", 1)[1]: (Path(s["bundle"]) / json.loads(
-            (Path(s["bundle"]) / "manifest.json").read_text())["model_file"]).read_bytes() for s in out}
-    assert files[1] == files[2]

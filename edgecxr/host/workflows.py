@@ -138,7 +138,7 @@ def export_bench_report_gate(models: list[Model], dist: Path, results: Path, rep
                              max_auc_drop: float = 0.005, min_agreement: float = 0.98,
                              stress: Path | None = None, gate_summary: Path | None = None,
                              gate_details: Path | None = None, expect_fail: list[str] | None = None,
-                             against_twins: bool = True, step: str = "", jobs: int | None = None) -> Tail:
+                             against_twins: bool = True, step: str = "") -> Tail:
     """The one tail of ``demo`` and ``pipeline``: every model to every target and precision, each
     bundle benched on the evaluation images (``eval_dir``, or the validation part of ``split``),
     the report written, the int8 bundles gated (against their fp32 twins, or with ``against_twins``
@@ -152,44 +152,35 @@ def export_bench_report_gate(models: list[Model], dist: Path, results: Path, rep
                                          device=device, iterations=iterations, extra_subjects=extra_subjects,
                                          max_auc_drop=max_auc_drop, min_agreement=min_agreement, stress=stress,
                                          gate_summary=gate_summary, gate_details=gate_details,
-                                         expect_fail=expect_fail, against_twins=against_twins, step=step,
-                                         jobs=default_jobs() if jobs is None else jobs)
+                                         expect_fail=expect_fail, against_twins=against_twins, step=step)
 
 
 def _export_bench_report_gate(models, dist, results, report_out, log, *, eval_dir, split, calibration, eval_set,
                               name_bundles, device, iterations, extra_subjects, max_auc_drop, min_agreement,
-                              stress, gate_summary, gate_details, expect_fail, against_twins, step, jobs) -> Tail:
+                              stress, gate_summary, gate_details, expect_fail, against_twins, step) -> Tail:
     from edgecxr.device.gate import gate
     from edgecxr.device.report import report
-    from edgecxr.host.export import load_eval_set
+    from edgecxr.host.export import export_bundle, load_eval_set
     from edgecxr.host.model import read_checkpoint
     from edgecxr.shared.preprocess import PreprocessConfig
 
-    t0 = time.time()
-    groups = []
+    bundles: list[Path] = []
     ev = eval_set
+    t0 = time.time()
     for m in models:
         pp = PreprocessConfig.from_dict(read_checkpoint(m.checkpoint)["preprocess"])
         if ev is None or ev.x.shape[-1] != pp.size:
             ev = load_eval_set(pp, split, eval_dir)
-        # per model, one group per runtime: a group's exports run in order in one process (the ONNX
-        # Runtime targets share their calibration histograms there), groups side by side
-        by_backend: dict[str, list] = {}
         for t in TARGETS:
             for prec in m.precisions:
-                by_backend.setdefault(_backend_of(t), []).append(
-                    (str(m.checkpoint), t, prec, f"{m.tag}-{_tname(t)}-{prec}" if name_bundles else None))
-        groups += [(ev, g) for g in by_backend.values()]
-
-    def done(s, seconds):
-        log(f"{step}  export {Path(s['bundle']).name}: {s['model_bytes'] / 1e6:.2f} MB, AUC drop "
-            f"{s['auc_drop']:+.4f}, agreement {s['label_agreement']:.3f} ({seconds:.0f}s)")
-
-    common = {"out_root": dist, "data": eval_dir, "split": split, "calibration": calibration}
-    summaries = export_groups(groups, common, jobs, done)
-    bundles = [Path(s["bundle"]) for s in summaries]
-    log(f"{step}  exported {len(bundles)} bundles ({time.time() - t0:.0f}s"
-        + (f", {min(jobs, len(groups))} side by side" if jobs > 1 else "") + ")")
+                t1 = time.time()
+                s = export_bundle(m.checkpoint, t, prec, dist, data=eval_dir, split=split, calibration=calibration,
+                                  force=True, name=f"{m.tag}-{_tname(t)}-{prec}" if name_bundles else None,
+                                  log=lambda *_: None, eval_set=ev)
+                log(f"{step}  export {Path(s['bundle']).name}: {s['model_bytes'] / 1e6:.2f} MB, AUC drop "
+                    f"{s['auc_drop']:+.4f}, agreement {s['label_agreement']:.3f} ({time.time() - t1:.0f}s)")
+                bundles.append(Path(s["bundle"]))
+    log(f"{step}  exported {len(bundles)} bundles ({time.time() - t0:.0f}s)")
     recs = bench_all(bundles, eval_dir, results, device, extra_subjects, iterations, log)
     log(f"  report: {report(results, report_out)}")
     int8 = [b for b in bundles if b.name.endswith("-int8")]
@@ -282,123 +273,6 @@ def make_demo_stress(eval_dir: Path, out: Path, n: int, log) -> Path:
     make_stress_set(eval_dir, out, seed=0, max_images=n, force=True)
     log(f"  stress set: {out} ({time.time() - t:.0f}s)")
     return out
-
-
-def _backend_of(t: str) -> str:
-    from edgecxr.shared.targets import get_target
-
-    return get_target(t).backend
-
-
-def default_jobs() -> int:
-    """Export processes side by side: 2 where there are 2 cores or more (the converters are largely
-    single-threaded Python), ``EDGECXR_EXPORT_JOBS`` to choose."""
-    import os
-
-    env = os.environ.get("EDGECXR_EXPORT_JOBS")
-    if env:
-        try:
-            return max(1, int(env))
-        except ValueError:
-            raise EdgeCXRError(f"EDGECXR_EXPORT_JOBS must be a whole number, not {env!r}") from None
-    return 2 if (os.cpu_count() or 1) >= 2 else 1
-
-
-def export_groups(groups: list, common: dict[str, Any], jobs: int, done) -> list[dict[str, Any]]:
-    """Export every ``(eval_set, [(checkpoint, target, precision, name), ...])`` group; return the
-    summaries in the order given. With ``jobs`` > 1 the groups run in that many spawned processes,
-    each export in its group's order; the float reference of each model is computed once here first,
-    the evaluation images travel as one read-only file, and the export checks' logits come back into
-    this process's memo (``shared.data``), where bench and gate reuse them."""
-    from edgecxr.host.export import export_bundle
-
-    order = [e for _, g in groups for e in g]
-    got: dict[tuple, dict[str, Any]] = {}
-    if jobs <= 1 or len(groups) <= 1:
-        for ev, g in groups:
-            for e in g:
-                t = time.time()
-                s = export_bundle(e[0], e[1], e[2], name=e[3], force=True, log=lambda *_: None, eval_set=ev,
-                                  **common)
-                done(s, time.time() - t)
-                got[e] = s
-        return [got[e] for e in order]
-    import multiprocessing as mp
-    import tempfile
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from concurrent.futures.process import BrokenProcessPool
-
-    import numpy as np
-
-    from edgecxr.shared.data import adopt_memo
-
-    _float_references(groups)
-    with tempfile.TemporaryDirectory(prefix="edgecxr-export-") as td:
-        files: dict[int, str] = {}
-        payload = []
-        for ev, g in groups:
-            if id(ev) not in files:
-                files[id(ev)] = str(Path(td) / f"eval-{len(files)}.npy")
-                np.save(files[id(ev)], ev.x)
-            payload.append((_without_images(ev), files[id(ev)], g))
-        # the longest groups first, so that neither process waits alone at the end
-        payload.sort(key=lambda p: -sum(_EXPORT_WEIGHT.get(_backend_of(e[1]), 1) * (2 if e[2] == "int8" else 1)
-                                        for e in p[2]))
-        try:
-            with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
-                futs = [pool.submit(_export_group, p, common) for p in payload]
-                for f in as_completed(futs):
-                    res, memo = f.result()
-                    adopt_memo(memo)
-                    for e, s, seconds in res:
-                        done(s, seconds)
-                        got[tuple(e)] = s
-        except BrokenProcessPool:
-            raise EdgeCXRError("an export process died (out of memory?); EDGECXR_EXPORT_JOBS=1 exports one "
-                               "at a time") from None
-    return [got[e] for e in order]
-
-
-# rough relative export cost per runtime (int8 counts twice), to start the longest groups first
-_EXPORT_WEIGHT = {"onnxruntime": 3, "litert": 3, "openvino": 2}
-
-
-def _float_references(groups) -> None:
-    """Each model's PyTorch probabilities on its evaluation set, once, into the set's cache."""
-    from edgecxr.host.export import float_logits
-    from edgecxr.host.model import load_checkpoint
-    from edgecxr.shared.metrics import softmax_pos
-
-    for ev, g in groups:
-        ev.float_cache = ev.float_cache if ev.float_cache is not None else {}
-        for ckpt in dict.fromkeys(e[0] for e in g):
-            model, meta = load_checkpoint(ckpt)
-            if meta["sha256"] not in ev.float_cache:
-                ev.float_cache[meta["sha256"]] = softmax_pos(float_logits(model, ev.x))
-
-
-def _without_images(ev):
-    import dataclasses
-
-    return dataclasses.replace(ev, x=None)
-
-
-def _export_group(payload, common):
-    """One group's exports in a worker process (see ``export_groups``)."""
-    import numpy as np
-
-    from edgecxr.host.export import export_bundle
-    from edgecxr.shared.data import image_memo, memo_entries
-
-    ev, x_file, group = payload
-    ev.x = np.load(x_file, mmap_mode="r")
-    out = []
-    with image_memo():
-        for e in group:
-            t = time.time()
-            s = export_bundle(e[0], e[1], e[2], name=e[3], force=True, log=lambda *_: None, eval_set=ev, **common)
-            out.append((e, s, time.time() - t))
-        return out, memo_entries("logits")
 
 
 def _tname(t: str) -> str:

@@ -399,24 +399,6 @@ def memoised(key: tuple, make: Callable[[], Any]) -> Any:
     return _MEMO[k]
 
 
-def memo_entries(kind: str) -> dict[tuple, Any]:
-    """The ``memoised`` values of one kind (the key's first element) made so far in this run, to hand
-    to another process of the same run (``adopt_memo``); empty outside ``image_memo``."""
-    if _MEMO is None:
-        return {}
-    return {k: v for k, v in _MEMO.items() if k[:2] == ("memo", kind)}
-
-
-def adopt_memo(entries: dict[tuple, Any]) -> None:
-    """Take in values ``memo_entries`` gave in another process of this run (nothing outside ``image_memo``)."""
-    if _MEMO is None:
-        return
-    for k, v in entries.items():
-        if isinstance(v, np.ndarray):
-            v.setflags(write=False)
-        _MEMO.setdefault(k, v)
-
-
 def load_preprocessed(root: str | Path, item: Item, pp: Any) -> tuple[np.ndarray, float]:
     """``item`` decoded and preprocessed with ``pp``, and the milliseconds that took (when it was
     made; a memoised image reports the time it took then)."""
