@@ -95,13 +95,20 @@ def load_images(subject: Subject, data: str | Path | None, max_images: int, log)
         neg = [it for it in items if it.label == 0]
         k = max(1, round(max_images * len(pos) / len(items)))
         items = sorted(pos[:k] + neg[:max(1, max_images - k)], key=lambda it: it.path)
-    pre_ms, xs = [], []
-    for it in items:
-        x, ms = load_preprocessed(root, it, subject.preprocess)
-        xs.append(x)
-        pre_ms.append(ms)
-    return {"items": items, "x": np.stack(xs).astype(np.float32), "pre_ms": np.array(pre_ms),
-            "source": source, "skipped": [asdict(s) for s in skipped]}
+    from edgecxr.shared.data import memoised
+
+    def stack():
+        pre_ms, xs = [], []
+        for it in items:
+            x, ms = load_preprocessed(root, it, subject.preprocess)
+            xs.append(x)
+            pre_ms.append(ms)
+        return np.stack(xs).astype(np.float32, copy=False), np.array(pre_ms)
+
+    # inside an image memo (demo, pipeline) every bench and gate of the run shares one stacked array
+    x, pre_ms = memoised(("stack", str(root), tuple((it.path, it.sha256) for it in items),
+                          json.dumps(subject.preprocess.to_dict(), sort_keys=True)), stack)
+    return {"items": items, "x": x, "pre_ms": pre_ms, "source": source, "skipped": [asdict(s) for s in skipped]}
 
 
 def stats(ms: np.ndarray, batch: int) -> dict[str, float]:

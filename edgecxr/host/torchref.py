@@ -26,7 +26,8 @@ class TorchBackend(Backend):
         else:
             from edgecxr.host.model import load_checkpoint
 
-            self.model, _ = load_checkpoint(self.model_path)
+            self.model, meta = load_checkpoint(self.model_path)
+            self.identity = torch_identity(meta["sha256"], torch.get_num_threads())
         self.model.eval()
 
     def run_raw(self, x: np.ndarray) -> np.ndarray:
@@ -36,6 +37,12 @@ class TorchBackend(Backend):
     def info(self) -> BackendInfo:
         return BackendInfo(self.name, "torch", self._torch.__version__, self._torch.get_num_threads(),
                            "CPU (eager)", "float32", self.notes)
+
+
+def torch_identity(checkpoint_sha256: str, threads: int) -> tuple:
+    """What decides a checkpoint's PyTorch logits (``infer_all``'s memo key): the export's float
+    reference and the ``pytorch-fp32`` bench subject share them inside one run."""
+    return (checkpoint_sha256, "torch", "{}", int(threads))
 
 
 def build_baseline(arch: str):

@@ -393,8 +393,9 @@ def memoised(key: tuple, make: Callable[[], Any]) -> Any:
     k = ("memo",) + tuple(key)
     if k not in _MEMO:
         v = make()
-        if isinstance(v, np.ndarray):
-            v.setflags(write=False)
+        for a in (v if isinstance(v, tuple) else (v,)):
+            if isinstance(a, np.ndarray):
+                a.setflags(write=False)  # shared by every later caller: nobody may change it
         _MEMO[k] = v  # type: ignore[assignment]
     return _MEMO[k]
 

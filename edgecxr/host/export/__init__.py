@@ -77,6 +77,21 @@ def float_logits(model, x: np.ndarray, bs: int = 32) -> np.ndarray:
                                for i in range(0, len(x), bs)])
 
 
+def reference_logits(model, checkpoint_sha256: str, ev: EvalSet, pp: PreprocessConfig) -> np.ndarray:
+    """The PyTorch model's logits on the evaluation set, 16 at a time as bench's ``pytorch-fp32``
+    subject computes them, so that inside an image memo (demo, pipeline) that bench reuses them."""
+    import json
+
+    import torch
+
+    from edgecxr.host.torchref import torch_identity
+    from edgecxr.shared.data import memoised
+
+    key = ("logits", torch_identity(checkpoint_sha256, torch.get_num_threads()), 16,
+           (tuple(ev.shas), json.dumps(pp.to_dict(), sort_keys=True)))
+    return memoised(key, lambda: float_logits(model, ev.x, bs=16))
+
+
 def run_backend(backend, x: np.ndarray, bs: int = 32) -> np.ndarray:
     return np.concatenate([backend.infer(x[i:i + bs]) for i in range(0, len(x), bs)])
 
@@ -137,7 +152,7 @@ def export_bundle(checkpoint: str | Path, target: str | Target, precision: str |
     log(f"float reference: PyTorch on {len(ev.labels)} images ({ev.source})")
     cache = ev.float_cache if ev.float_cache is not None else {}
     if meta["sha256"] not in cache:
-        cache[meta["sha256"]] = softmax_pos(float_logits(model, ev.x))
+        cache[meta["sha256"]] = softmax_pos(reference_logits(model, meta["sha256"], ev, pp))
     ev.float_cache = cache
     p_float = cache[meta["sha256"]]
     float_metrics = summarize(ev.labels, p_float, thr)
