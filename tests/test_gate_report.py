@@ -67,7 +67,9 @@ def test_report(bundles, tmp_path):
     assert "## box-a" in text and "## box-b" in text
     for name in ("rpi4-int8", "rpi4-fp32", "nuc-int8", "nuc-fp32", "jetson-orin-nano-int8"):
         assert f"| {name} |" in text
-    assert "int8/fp32 p50 latency" in text
+    # one ratio per int8 bundle against its own fp32 twin, none for the jetson bundle (no twin on box-b)
+    assert "rpi4 (litert): int8/fp32 p50 latency" in text and "nuc (openvino): int8/fp32 p50 latency" in text
+    assert "jetson-orin-nano (onnxruntime): int8/fp32" not in text
     pngs = sorted(p.name for p in (tmp_path / "plots").iterdir())
     assert pngs == ["box-a-latency-size.png", "box-a-roc.png", "box-b-latency-size.png", "box-b-roc.png"]
     assert all((tmp_path / "plots" / n).stat().st_size > 5000 for n in pngs)

@@ -101,11 +101,16 @@ def render(by_dev: dict[str, OrderedDict[str, dict[str, Any]]], plots: dict[str,
 
 def ratio_lines(rows: list[dict[str, Any]]) -> list[str]:
     lines = []
-    by = {(x["backend"], x["precision"]): x for x in rows}
-    for be in sorted({x["backend"] for x in rows}):
-        i8, f32 = by.get((be, "int8")), by.get((be, "fp32"))
-        if i8 and f32 and i8["p50"] and f32["p50"]:
-            lines.append(f"{be}: int8/fp32 p50 latency {i8['p50'] / f32['p50']:.2f}x, size {i8['size_mb'] / f32['size_mb']:.2f}x")
+    # each int8 bundle against its own fp32 twin (same name, -fp32), so that two targets of one
+    # runtime (the Jetson's TensorRT form and the CPU form of ONNX Runtime) are never mixed up
+    names = {x["name"]: x for x in rows}
+    for i8 in rows:
+        if i8["precision"] != "int8" or not i8["name"].endswith("-int8"):
+            continue
+        f32 = names.get(i8["name"][:-len("int8")] + "fp32")
+        if f32 and i8["p50"] and f32["p50"]:
+            lines.append(f"{i8['name'][:-len('-int8')]} ({i8['backend']}): int8/fp32 p50 latency "
+                         f"{i8['p50'] / f32['p50']:.2f}x, size {i8['size_mb'] / f32['size_mb']:.2f}x")
     heavy = [x for x in rows if x["name"].startswith("baseline-")]
     for h in heavy:
         for x in rows:
