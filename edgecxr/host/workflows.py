@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from edgecxr.host.train_config import DEFAULT_RECIPE, DEFAULT_THRESHOLD_RULE
+from edgecxr.shared.data import within_image_memo
 from edgecxr.shared.errors import EdgeCXRError, GateFailure
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository (edgecxr/host/workflows.py)
@@ -131,6 +133,7 @@ class Tail:
     table: str
 
 
+@within_image_memo  # bench and gate decode, preprocess and run each image once, not once per bundle
 def export_bench_report_gate(models: list[Model], dist: Path, results: Path, report_out: Path, log, *,
                              eval_dir: Path | None = None, split: Path | None = None, calibration: Path,
                              eval_set=None, name_bundles: bool = True, device: str | None = None,
@@ -144,20 +147,6 @@ def export_bench_report_gate(models: list[Model], dist: Path, results: Path, rep
     the report written, the int8 bundles gated (against their fp32 twins, or with ``against_twins``
     false against the float reference each bundle carries). A gate failure is returned, not raised,
     so the caller prints the table first."""
-    from edgecxr.shared.data import image_memo
-
-    with image_memo():  # bench and gate decode and preprocess each image once, not once per bundle
-        return _export_bench_report_gate(models, dist, results, report_out, log, eval_dir=eval_dir, split=split,
-                                         calibration=calibration, eval_set=eval_set, name_bundles=name_bundles,
-                                         device=device, iterations=iterations, extra_subjects=extra_subjects,
-                                         max_auc_drop=max_auc_drop, min_agreement=min_agreement, stress=stress,
-                                         gate_summary=gate_summary, gate_details=gate_details,
-                                         expect_fail=expect_fail, against_twins=against_twins, step=step)
-
-
-def _export_bench_report_gate(models, dist, results, report_out, log, *, eval_dir, split, calibration, eval_set,
-                              name_bundles, device, iterations, extra_subjects, max_auc_drop, min_agreement,
-                              stress, gate_summary, gate_details, expect_fail, against_twins, step) -> Tail:
     from edgecxr.device.gate import gate
     from edgecxr.device.report import report
     from edgecxr.host.export import export_bundle, load_eval_set
@@ -198,20 +187,12 @@ def _export_bench_report_gate(models, dist, results, report_out, log, *, eval_di
     return Tail(bundles, recs, rows, failure, table)
 
 
+@within_image_memo  # each evaluation and stress image decoded and preprocessed once in this run
 def demo(models_dir: Path = ROOT / "models", eval_dir: Path = ROOT / "data" / "kermany224-val",
          calibration: Path = ROOT / "calibration" / "kermany224", dist: Path = ROOT / "dist",
          results: Path = ROOT / "benchmarks" / "results", report_out: Path = ROOT / "benchmarks" / "RESULTS.md",
          device: str | None = None, iterations: int = 100, baseline: str | None = "densenet121",
          max_auc_drop: float = 0.005, min_agreement: float = 0.98, stress_images: int = 100, log=print) -> int:
-    from edgecxr.shared.data import image_memo
-
-    with image_memo():  # each evaluation and stress image decoded and preprocessed once in this run
-        return _demo(models_dir, eval_dir, calibration, dist, results, report_out, device, iterations, baseline,
-                     max_auc_drop, min_agreement, stress_images, log)
-
-
-def _demo(models_dir, eval_dir, calibration, dist, results, report_out, device, iterations, baseline,
-          max_auc_drop, min_agreement, stress_images, log) -> int:
     from edgecxr.host.export import load_eval_set
     from edgecxr.host.model import read_checkpoint
     from edgecxr.host.torchref import subject_baseline, subject_from_checkpoint
@@ -367,7 +348,7 @@ def _train_todo(out: Path, tcfg) -> tuple[bool, bool]:
 
 def pipeline(source: Path, out: Path, quick: bool = False, size: int = 224, epochs: int = 30,
              prune_ratio: float = 0.5, finetune_epochs: int = 3, device: str | None = None, log=print,
-             recipe: str = "acquisition", threshold: str = "sens=0.95", train_device: str = "auto") -> int:
+             recipe: str = DEFAULT_RECIPE, threshold: str = DEFAULT_THRESHOLD_RULE, train_device: str = "auto") -> int:
     """Raw images to gated bundles, every step with the project's own commands.
 
     Under torchrun (``torchrun --nproc_per_node=N -m edgecxr pipeline ...``) rank 0 makes the split

@@ -384,6 +384,18 @@ def image_memo() -> Iterator[None]:
             _MEMO = None
 
 
+def within_image_memo(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorator: ``fn`` runs inside ``image_memo`` (a whole demo or pipeline tail)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with image_memo():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 def memoised(key: tuple, make: Callable[[], Any]) -> Any:
     """Inside ``image_memo``: what ``make()`` returned the first time for ``key`` in this run (for
     values that follow from their key alone, such as one model's logits on one image list).
