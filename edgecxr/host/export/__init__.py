@@ -157,57 +157,16 @@ def export_bundle(checkpoint: str | Path, target: str | Target, precision: str |
     p_float = cache[meta["sha256"]]
     float_metrics = summarize(ev.labels, p_float, thr)
 
-    calib_info = None
-    calib_x = None
-    recipe = None
+    calib_info = calib_x = recipe = None
     if precision == "int8":
         from edgecxr.host.export.recipes import resolve
 
         recipe = resolve(quant, tgt.backend, tgt.quant or None)
-        from edgecxr.host.calibrate import load_calibration_set
-
-        if calibration is None:
-            raise EdgeCXRError("int8 export needs a calibration set (--calibration DIR)")
-        cs = load_calibration_set(calibration, forbid_sha256=set(ev.shas))
-        calib_x = [preprocess_grey(g, pp) for g in cs.greys]
-        calib_info = cs.summary()
-        if calib_stress:
-            # one seeded stress corruption per calibration image (training images: nothing leaks
-            # from the validation stress set), added to the clean ones
-            from edgecxr.shared.stress import CORRUPTIONS, corrupt, image_rng
-
-            names = sorted(CORRUPTIONS)
-            shas = [it["sha256"] for it in cs.manifest["items"]]
-            for i, (g, sha) in enumerate(zip(cs.greys, shas, strict=True)):
-                c, sev = names[i % len(names)], 1 + (i // len(names)) % 3
-                calib_x.append(preprocess_grey(corrupt(g, c, sev, image_rng(1000 + calib_stress, sha, c, sev)), pp))
-            calib_info["stress_augmented"] = {"copies": len(cs.greys), "seed": 1000 + calib_stress,
-                                              "rule": "image i: corruption i mod 10 (sorted names), severity "
-                                                      "1 + (i div 10) mod 3"}
-        log(f"calibration: {len(calib_x)} images from {calibration} (sha256 {cs.sha256[:12]})"
-            + (" incl. stress-corrupted copies" if calib_stress else ""))
+        calib_x, calib_info = calibration_images(calibration, pp, set(ev.shas), calib_stress, log)
 
     conv = importlib.import_module(CONVERTERS[tgt.backend])
     with atomic_dir(final, force=True) as tmp:
-        t_conv = time.time()
-        log(f"converting for {tgt.name} ({tgt.backend}, {precision}"
-            + (f", recipe {recipe.name}" if recipe else "") + ")")
-        try:
-            with converter_output() as conv_log:
-                res = conv.convert(model, pp.size, pp.channels, calib_x, precision, tmp, recipe)
-        except EdgeCXRError:
-            raise
-        except Exception as e:
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else e.__class__.__name__
-            where = f"; converter log: {conv_log}" if conv_log else ""
-            raise EdgeCXRError(f"{tgt.backend} converter failed ({e.__class__.__name__}: {first}){where}",
-                               checkpoint) from None
-        if conv_log:
-            conv_log.unlink(missing_ok=True)
-        convert_s = time.time() - t_conv
-        for f in tmp.iterdir():
-            if f.name not in res.files:
-                f.unlink()
+        res, convert_s = run_converter(conv, tgt, model, pp, calib_x, precision, tmp, recipe, checkpoint, log)
         manifest: dict[str, Any] = {
             "schema": SCHEMA, "kind": KIND, "name": bundle_name,
             "target": tgt.name, "backend": tgt.backend, "precision": precision,
@@ -225,28 +184,7 @@ def export_bundle(checkpoint: str | Path, target: str | Target, precision: str |
             "files": file_table(tmp, res.files),
         }
         write_manifest(tmp, manifest)
-        # Load the artifact in its own runtime and run it on the evaluation images.
-        from edgecxr.device.backends import open_backend
-
-        try:
-            import json
-            import os
-
-            from edgecxr.device.backends import infer_all
-
-            b = verify(tmp, trust=False)
-            # the threads bench gives it (the profile's, capped at this machine's cores), 16 at a time as
-            # bench runs it: inside an image memo (demo, pipeline), bench reuses these logits
-            cores = os.cpu_count() or 1
-            backend = open_backend(b, min(tgt.threads or cores, cores))
-            logits = infer_all(backend, ev.x, (tuple(ev.shas), json.dumps(pp.to_dict(), sort_keys=True)))
-        except BundleError as e:
-            raise BundleError(f"exported artifact does not load or run: {e.message}", final) from None
-        except Exception as e:
-            raise BundleError(f"exported artifact does not run ({e.__class__.__name__}: {e})", final) from None
-        p_art = softmax_pos(logits)
-        if not np.all(np.isfinite(p_art)):
-            raise BundleError("exported artifact produced non-finite outputs", final)
+        p_art, backend = artifact_probabilities(tmp, final, tgt, ev, pp)
         check = compare(ev.labels, p_float, p_art, float(thr))
         check["runtime"] = backend.info().to_dict()
         manifest["export_check"] = check
@@ -269,6 +207,85 @@ def export_bundle(checkpoint: str | Path, target: str | Target, precision: str |
                "model_bytes": sum(f["bytes"] for f in manifest["files"].values()),
                "export_seconds": round(time.time() - t0, 2), **check}
     return summary
+
+
+def run_converter(conv, tgt: Target, model, pp: PreprocessConfig, calib_x, precision: str, tmp: Path,
+                  recipe, checkpoint, log) -> tuple[Any, float]:
+    """The target's converter into ``tmp``, its noise kept in a log that is named only on failure; files
+    the converter left beside its own are removed. (result, seconds)."""
+    t_conv = time.time()
+    log(f"converting for {tgt.name} ({tgt.backend}, {precision}" + (f", recipe {recipe.name}" if recipe else "") + ")")
+    try:
+        with converter_output() as conv_log:
+            res = conv.convert(model, pp.size, pp.channels, calib_x, precision, tmp, recipe)
+    except EdgeCXRError:
+        raise
+    except Exception as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else e.__class__.__name__
+        where = f"; converter log: {conv_log}" if conv_log else ""
+        raise EdgeCXRError(f"{tgt.backend} converter failed ({e.__class__.__name__}: {first}){where}",
+                           checkpoint) from None
+    if conv_log:
+        conv_log.unlink(missing_ok=True)
+    convert_s = time.time() - t_conv
+    for f in tmp.iterdir():
+        if f.name not in res.files:
+            f.unlink()
+    return res, convert_s
+
+
+def artifact_probabilities(folder: Path, final: Path, tgt: Target, ev: EvalSet, pp: PreprocessConfig):
+    """The new bundle in ``folder`` loaded in its own runtime (the device-side backend) and run on the
+    evaluation images: (P(PNEUMONIA), the backend). With the threads bench gives it (the profile's,
+    capped at this machine's cores) and 16 at a time as bench runs it, so that inside an image memo
+    (demo, pipeline) bench and gate reuse these logits. Errors name ``final``, the bundle's own name."""
+    import json
+    import os
+
+    from edgecxr.device.backends import infer_all, open_backend
+
+    try:
+        b = verify(folder, trust=False)
+        cores = os.cpu_count() or 1
+        backend = open_backend(b, min(tgt.threads or cores, cores))
+        logits = infer_all(backend, ev.x, (tuple(ev.shas), json.dumps(pp.to_dict(), sort_keys=True)))
+    except BundleError as e:
+        raise BundleError(f"exported artifact does not load or run: {e.message}", final) from None
+    except Exception as e:
+        raise BundleError(f"exported artifact does not run ({e.__class__.__name__}: {e})", final) from None
+    p_art = softmax_pos(logits)
+    if not np.all(np.isfinite(p_art)):
+        raise BundleError("exported artifact produced non-finite outputs", final)
+    return p_art, backend
+
+
+def calibration_images(calibration: str | Path | None, pp: PreprocessConfig, forbid: set[str],
+                       calib_stress: int = 0, log=print) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """The calibration set's images, preprocessed (none of them an evaluation image, ``forbid``), with
+    ``calib_stress`` one seeded stress corruption of each added; and the set's summary for the manifest."""
+    from edgecxr.host.calibrate import load_calibration_set
+
+    if calibration is None:
+        raise EdgeCXRError("int8 export needs a calibration set (--calibration DIR)")
+    cs = load_calibration_set(calibration, forbid_sha256=forbid)
+    calib_x = [preprocess_grey(g, pp) for g in cs.greys]
+    calib_info = cs.summary()
+    if calib_stress:
+        # one seeded stress corruption per calibration image (training images: nothing leaks
+        # from the validation stress set), added to the clean ones
+        from edgecxr.shared.stress import CORRUPTIONS, corrupt, image_rng
+
+        names = sorted(CORRUPTIONS)
+        shas = [it["sha256"] for it in cs.manifest["items"]]
+        for i, (g, sha) in enumerate(zip(cs.greys, shas, strict=True)):
+            c, sev = names[i % len(names)], 1 + (i // len(names)) % 3
+            calib_x.append(preprocess_grey(corrupt(g, c, sev, image_rng(1000 + calib_stress, sha, c, sev)), pp))
+        calib_info["stress_augmented"] = {"copies": len(cs.greys), "seed": 1000 + calib_stress,
+                                          "rule": "image i: corruption i mod 10 (sorted names), severity "
+                                                  "1 + (i div 10) mod 3"}
+    log(f"calibration: {len(calib_x)} images from {calibration} (sha256 {cs.sha256[:12]})"
+        + (" incl. stress-corrupted copies" if calib_stress else ""))
+    return calib_x, calib_info
 
 
 def model_compute(model, channels: int, size: int) -> dict[str, Any]:
