@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from edgecxr.host.export import recipes as _recipes
 from edgecxr.host.train_config import default as _td
 from edgecxr.shared.errors import EdgeCXRError
 
@@ -354,9 +355,8 @@ def export(
     calibration: Annotated[Path, typer.Option(help="Calibration set folder (int8)")] = Path("calibration/default"),
     out: Annotated[Path, typer.Option("--out", "-o", help="Parent folder for bundles")] = Path("dist"),
     force: Annotated[bool, typer.Option(help="Replace an existing bundle")] = False,
-    quant: Annotated[str | None, typer.Option(help="int8 recipe (default: the backend's measured winner; see benchmarks/quantization.md): "
-                                              "openvino minmax-bc|histogram-bc|nncf-ofix|nncf-default, onnxruntime percentile-rr-fs4-bc|minmax-rr-fs4-bc|minmax-rr-fs2|minmax-rr-bc|minmax-rr|minmax-rr-fpfc|percentile-rr|percentile-rr-fpfc|entropy-rr|minmax, "
-                                              "litert pt2e-histogram|pt2e-minmax")] = None,
+    quant: Annotated[str | None, typer.Option(help="int8 recipe (default: the backend's measured winner, listed first; see "
+                                              "benchmarks/quantization.md): " + _recipes.help_text())] = None,
     calib_stress: Annotated[bool, typer.Option(help="Also calibrate on one seeded stress-corrupted copy of each calibration image")] = False,
     sign: Annotated[Path | None, typer.Option(help="Sign each bundle with this private key (from `edgecxr keys new`); "
                                               "the signature covers every file, manifest.json included")] = None,
