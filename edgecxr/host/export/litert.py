@@ -84,6 +84,41 @@ def _int8_quantizer(observer: str = "histogram"):
     return Quantizer().set_global(cfg)
 
 
+def _bias_correction(converted, calib: list[np.ndarray] | None, recipe: Recipe) -> dict | None:
+    """Layer-by-layer bias correction (``pt2e_bias.py``) on ``bias_correction`` calibration images
+    spread evenly over the set, as the ONNX converter picks them."""
+    n = int(recipe.params.get("bias_correction") or 0)
+    if not n or not calib:
+        return None
+    from edgecxr.host.export.pt2e_bias import correct_biases
+
+    pick = np.linspace(0, len(calib) - 1, min(len(calib), n)).astype(int)
+    return correct_biases(converted, [calib[int(j)] for j in pick])
+
+
+def _without_dropout(model: torch.nn.Module) -> tuple[torch.nn.Module, int]:
+    """A copy of the (eval-mode) model with each Dropout replaced by Identity, and how many.
+
+    In eval mode dropout is the identity, but PT2E gives its output an observer of its own: in
+    MobileNetV2 the classifier's input is then requantized from the pooled features' scale (0.057)
+    to the dropout output's (0.0078). litert-torch's converter drops the no-op and that requantize
+    with it, yet still stores the FULLY_CONNECTED bias in int32 at the dropout scale x weight scale:
+    the file read the pooled features 7x coarser than calibrated and applied the classifier's bias
+    7.3x too large, which is the near-constant upward shift of LiteRT int8 against fp32 (issue 26:
+    every held-out flip went up). Without the dropout node the file matches its PT2E simulation.
+    """
+    import copy
+
+    model = copy.deepcopy(model)
+    n = 0
+    for mod in list(model.modules()):
+        for name, child in list(mod.named_children()):
+            if isinstance(child, torch.nn.Dropout):
+                setattr(mod, name, torch.nn.Identity())
+                n += 1
+    return model, n
+
+
 def convert(model: torch.nn.Module, size: int, channels: int, calib: list[np.ndarray] | None,
             precision: str, out_dir: Path, recipe: Recipe | None = None) -> Converted:
     import litert_torch
@@ -102,15 +137,19 @@ def convert(model: torch.nn.Module, size: int, channels: int, calib: list[np.nda
 
             recipe = recipe or get_recipe("litert")
             quantizer = _int8_quantizer(recipe.params.get("observer", "histogram"))
-            exported = torch.export.export(nhwc_model, sample).module()
+            plain, n_dropout = _without_dropout(model)
+            exported = torch.export.export(litert_torch.to_channel_last_io(plain, args=[0]).eval(), sample).module()
             prepared = quantize_pt2e.prepare_pt2e(exported, quantizer)
             with torch.no_grad():
                 for x in calib or []:
                     prepared(torch.from_numpy(np.ascontiguousarray(np.transpose(x[None], (0, 2, 3, 1)))))
             converted = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
+            bc = _bias_correction(converted, calib, recipe)
             edge = litert_torch.convert(converted, sample, quant_config=QuantConfig(pt2e_quantizer=quantizer))
             details = {"quantization": f"{recipe.name}: {recipe.description}", "recipe": recipe.to_dict(),
-                       "calibration_images": len(calib or [])}
+                       "calibration_images": len(calib or []), "dropout_removed": n_dropout}
+            if bc is not None:
+                details["bias_correction"] = bc
         edge.export(str(out_dir / "model.tflite"))
     del nchw
     from ai_edge_litert.interpreter import Interpreter

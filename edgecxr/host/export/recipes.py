@@ -147,6 +147,12 @@ _RECIPES: list[Recipe] = [
     Recipe("pt2e-minmax", "litert",
            "as pt2e-histogram, activation ranges from the calibrated min/max",
            {"observer": "minmax"}),
+    Recipe("pt2e-histogram-bc", "litert",
+           "as pt2e-histogram, float biases corrected layer by layer on 64 calibration images before conversion",
+           {"observer": "histogram", "bias_correction": 64}),
+    Recipe("pt2e-minmax-bc", "litert",
+           "as pt2e-minmax, float biases corrected layer by layer on 64 calibration images before conversion",
+           {"observer": "minmax", "bias_correction": 64}),
 ]
 
 RECIPES: dict[tuple[str, str], Recipe] = {(r.backend, r.name): r for r in _RECIPES}
@@ -155,6 +161,16 @@ DEFAULTS = {"openvino": "histogram-bc", "onnxruntime": "percentile-rr-fs4-bc", "
 
 def names(backend: str) -> list[str]:
     return [r.name for r in _RECIPES if r.backend == backend]
+
+
+def help_text() -> str:
+    """Every backend's recipes, the default first (for ``--quant``'s help)."""
+    parts = []
+    for backend in dict.fromkeys(r.backend for r in _RECIPES):
+        ns = names(backend)
+        d = DEFAULTS.get(backend)
+        parts.append(f"{backend} " + "|".join(([d] if d in ns else []) + [n for n in ns if n != d]))
+    return ", ".join(parts)
 
 
 def get_recipe(backend: str, name: str | None = None) -> Recipe:
