@@ -28,6 +28,7 @@ def test_every_int8_bias_is_stored_at_input_scale_times_weight_scale(bundles):
     b = bundles["rpi-int8"]
     m = json.loads((b / "manifest.json").read_text())
     assert m["conversion"]["dropout_removed"] == 1
+    assert m["conversion"]["recipe"]["name"] == "pt2e-histogram-bc" and m["conversion"]["bias_correction"]["layers"] == 53
     ops, td = _ops(b / m["model_file"])
     checked = {}
     for op in ops:

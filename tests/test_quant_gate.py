@@ -61,6 +61,16 @@ def test_unknown_recipe_is_a_clear_error(tmp_path):
     assert not (tmp_path / "d").exists() or not any((tmp_path / "d").iterdir())
 
 
+def test_quant_help_lists_every_recipe_with_the_default_first():
+    """``--quant``'s help comes from the recipe table, so a new recipe or default cannot go stale there."""
+    from edgecxr.host.export.recipes import DEFAULTS, help_text, names
+
+    text = help_text()
+    for backend, default in DEFAULTS.items():
+        part = next(p for p in text.split(", ") if p.startswith(backend + " "))
+        assert part.split(" ", 1)[1].split("|") == [default] + [n for n in names(backend) if n != default], part
+
+
 def test_saturating_recipe_is_recorded_as_such(tmp_path):
     """The old default stays available by name, and its manifest says it saturates without VNNI."""
     p = run_cli("export", TINY, "--target", "jetson", "--precision", "int8", "--quant", "minmax", "--data", MINI,
