@@ -168,6 +168,76 @@ def _stress_images(stress: Path, pp, cache: _Cache):
     return res
 
 
+def _reference_row(subj, b, data, twin, thr: float, cache: _Cache, log) -> tuple[GateRow, dict[str, Any] | None]:
+    """The bundle on the reference images: against the manifest's float probabilities where they
+    cover the images, else against the fp32 twin on ``data``. Without either, a FAIL row and no pair."""
+    from edgecxr.device.paired import compare
+
+    rec = run(subj, data, BenchConfig(warmup=0, iterations=0, latency=False), device="gate", log=log)
+    v = rec["vs_float"] or {}
+    if v.get("matched") and not v.get("unmatched") and "auc_drop" in v:
+        c = compare(np.array(v["labels"]), np.array(v["float_probs"]), np.array(v["probs"]), thr)
+        for f, name in zip(c["flipped"], v.get("flipped") or [], strict=False):
+            f["path"] = name
+        row = _row_from_compare(subj, "reference" if data is None else "data", "manifest (PyTorch fp32)", c)
+        return row, {"bundle": subj.name, "images": row.images, "threshold": thr,
+                     "labels": v["labels"], "p_fp32": v["float_probs"], "p": v["probs"]}
+    if data is not None and twin is not None:
+        s = cache.images(Path(data), subj.preprocess)
+        p_ref = cache.run(twin, f"data:{data}", s.x)
+        p = cache.run(Path(b), f"data:{data}", s.x)
+        c = compare(s.y, p_ref, p, thr, s.paths)
+        return _row_from_compare(subj, "data", f"twin {Path(twin).name}", c), {
+            "bundle": subj.name, "images": "data", "threshold": thr, "labels": s.y.tolist(),
+            "p_fp32": p_ref.round(6).tolist(), "p": p.round(6).tolist()}
+    if data is not None and (not v.get("matched") or v.get("unmatched")):
+        note = ("the images are not (all) in the bundle's float reference and no fp32 twin was found "
+                "to pair with (pass --reference FP32_BUNDLE)")
+    else:
+        note = v.get("note") or "no float reference to compare with"
+    return GateRow(subj.name, subj.precision, subj.backend, int(v.get("matched", 0)), NAN, NAN, NAN,
+                   (NAN, NAN), NAN, NAN, "FAIL", note, "data" if data is not None else "reference"), None
+
+
+def _stress_rows(subj, b, twin, stress: Path, thr: float, cache: _Cache, max_auc_drop: float,
+                 min_agreement: float, near_margin: float, max_near_flip_rate: float):
+    """One row per corruption of the stress set and the near-threshold row, against the fp32 twin.
+    Returns (rows, pairs, near-threshold statistics, the stress set's metadata)."""
+    from edgecxr.device.paired import compare
+
+    s, tags, stress_meta = _stress_images(stress, subj.preprocess, cache)
+    p_ref = cache.run(twin, f"stress:{stress}", s.x)
+    p = cache.run(Path(b), f"stress:{stress}", s.x)
+    corr = np.array([t[0] for t in tags])
+    sev = np.array([t[1] for t in tags])
+    rows: list[GateRow] = []
+    pairs: list[dict[str, Any]] = []
+    for name in dict.fromkeys(t[0] for t in tags):  # corruptions in stress-set order
+        idx = np.nonzero(corr == name)[0]
+        c = compare(s.y[idx], p_ref[idx], p[idx], thr, [s.paths[i] for i in idx])
+        row = _judge(_row_from_compare(subj, f"stress:{name}", f"twin {Path(twin).name}", c),
+                     max_auc_drop, min_agreement)
+        rows.append(row)
+        pairs.append({"bundle": subj.name, "images": row.images, "threshold": thr,
+                      "labels": s.y[idx].tolist(), "severity": sev[idx].tolist(),
+                      "p_fp32": p_ref[idx].round(6).tolist(), "p": p[idx].round(6).tolist()})
+    nt = near_threshold(s.y, p_ref, p, thr, near_margin)
+    rows.append(_near_row(subj, f"twin {Path(twin).name}", nt, max_near_flip_rate))
+    return rows, pairs, {"bundle": subj.name, **nt}, stress_meta
+
+
+def _mark_known(rows: list[GateRow], expect_fail: list[str] | None) -> None:
+    """Rows listed in ``expect_fail`` (``BACKEND:CORRUPTION`` or ``BACKEND:near-threshold``): a failure
+    becomes KNOWN, a pass says it is listed so that the exception can be removed."""
+    known = {tuple(x.split(":", 1)) for x in (expect_fail or []) if ":" in x}
+    for r in rows:
+        if (r.images.startswith("stress:") and (r.backend, r.images[7:]) in known) or \
+                (r.images.startswith("near-threshold") and (r.backend, "near-threshold") in known):
+            r.verdict = "KNOWN" if r.verdict == "FAIL" else "PASS"
+            r.reason = (f"expected failure ({r.reason})" if r.verdict == "KNOWN"
+                        else f"passes on these images (listed in --expect-fail): {r.reason}")
+
+
 def gate(bundles: list[str | Path], data: str | Path | None = None, max_auc_drop: float = 0.005,
          min_agreement: float = 0.98, summary: str | Path | None = None, log=print,
          stress: str | Path | None = None, references: list[str | Path] | None = None,
@@ -177,7 +247,7 @@ def gate(bundles: list[str | Path], data: str | Path | None = None, max_auc_drop
     """``expect_fail``: ``BACKEND:CORRUPTION`` (or ``BACKEND:near-threshold``) pairs known to fail (each with an open issue); their
     rows are judged and shown as usual but marked KNOWN instead of failing the gate, and one that
     passes is reported so that the exception can be removed."""
-    from edgecxr.device.paired import check_twins, compare, find_twin
+    from edgecxr.device.paired import check_twins, find_twin
 
     cache = _Cache(threads)
     rows: list[GateRow] = []
@@ -192,66 +262,25 @@ def gate(bundles: list[str | Path], data: str | Path | None = None, max_auc_drop
             twin = find_twin(b, references)
             if twin is not None:
                 check_twins(b, twin)
-        # 1. reference images: against the manifest's float probabilities where they cover the images
-        rec = run(subj, data, BenchConfig(warmup=0, iterations=0, latency=False), device="gate", log=log)
-        v = rec["vs_float"] or {}
-        if v.get("matched") and not v.get("unmatched") and "auc_drop" in v:
-            c = compare(np.array(v["labels"]), np.array(v["float_probs"]), np.array(v["probs"]), thr)
-            for f, name in zip(c["flipped"], v.get("flipped") or [], strict=False):
-                f["path"] = name
-            rows.append(_row_from_compare(subj, "reference" if data is None else "data", "manifest (PyTorch fp32)", c))
-            pairs.append({"bundle": subj.name, "images": rows[-1].images, "threshold": thr,
-                          "labels": v["labels"], "p_fp32": v["float_probs"], "p": v["probs"]})
-        elif data is not None and twin is not None:
-            s = cache.images(Path(data), subj.preprocess)
-            p_ref = cache.run(twin, f"data:{data}", s.x)
-            p = cache.run(Path(b), f"data:{data}", s.x)
-            c = compare(s.y, p_ref, p, thr, s.paths)
-            rows.append(_row_from_compare(subj, "data", f"twin {Path(twin).name}", c))
-            pairs.append({"bundle": subj.name, "images": "data", "threshold": thr, "labels": s.y.tolist(),
-                          "p_fp32": p_ref.round(6).tolist(), "p": p.round(6).tolist()})
-        else:
-            if data is not None and (not v.get("matched") or v.get("unmatched")):
-                note = ("the images are not (all) in the bundle's float reference and no fp32 twin was found "
-                        "to pair with (pass --reference FP32_BUNDLE)")
-            else:
-                note = v.get("note") or "no float reference to compare with"
-            rows.append(GateRow(subj.name, subj.precision, subj.backend, int(v.get("matched", 0)), NAN, NAN, NAN,
-                                (NAN, NAN), NAN, NAN, "FAIL", note, "data" if data is not None else "reference"))
+        row, pair = _reference_row(subj, b, data, twin, thr, cache, log)  # 1. reference images
+        rows.append(row)
+        if pair is None:
             continue
-        _judge(rows[-1], max_auc_drop, min_agreement)
-        # 2. stress set, per corruption, against the fp32 twin
-        if stress is None or subj.precision == "fp32":
+        pairs.append(pair)
+        _judge(row, max_auc_drop, min_agreement)
+        if stress is None or subj.precision == "fp32":  # 2. stress set, per corruption, against the fp32 twin
             continue
         if twin is None:
             rows.append(GateRow(subj.name, subj.precision, subj.backend, 0, NAN, NAN, NAN, (NAN, NAN), NAN, NAN,
                                 "FAIL", "no fp32 twin (same checkpoint) to judge the stress set against; "
                                 "export --precision both or pass --reference", "stress"))
             continue
-        s, tags, stress_meta = _stress_images(Path(stress), subj.preprocess, cache)
-        p_ref = cache.run(twin, f"stress:{stress}", s.x)
-        p = cache.run(Path(b), f"stress:{stress}", s.x)
-        corr = np.array([t[0] for t in tags])
-        sev = np.array([t[1] for t in tags])
-        for name in dict.fromkeys(t[0] for t in tags):  # corruptions in stress-set order
-            idx = np.nonzero(corr == name)[0]
-            c = compare(s.y[idx], p_ref[idx], p[idx], thr, [s.paths[i] for i in idx])
-            row = _judge(_row_from_compare(subj, f"stress:{name}", f"twin {Path(twin).name}", c),
-                         max_auc_drop, min_agreement)
-            rows.append(row)
-            pairs.append({"bundle": subj.name, "images": row.images, "threshold": thr,
-                          "labels": s.y[idx].tolist(), "severity": sev[idx].tolist(),
-                          "p_fp32": p_ref[idx].round(6).tolist(), "p": p[idx].round(6).tolist()})
-        nt = near_threshold(s.y, p_ref, p, thr, near_margin)
-        rows.append(_near_row(subj, f"twin {Path(twin).name}", nt, max_near_flip_rate))
-        near_stats.append({"bundle": subj.name, **nt})
-    known = {tuple(x.split(":", 1)) for x in (expect_fail or []) if ":" in x}
-    for r in rows:
-        if (r.images.startswith("stress:") and (r.backend, r.images[7:]) in known) or \
-                (r.images.startswith("near-threshold") and (r.backend, "near-threshold") in known):
-            r.verdict = "KNOWN" if r.verdict == "FAIL" else "PASS"
-            r.reason = (f"expected failure ({r.reason})" if r.verdict == "KNOWN"
-                        else f"passes on these images (listed in --expect-fail): {r.reason}")
+        more, more_pairs, nt, stress_meta = _stress_rows(subj, b, twin, Path(stress), thr, cache, max_auc_drop,
+                                                         min_agreement, near_margin, max_near_flip_rate)
+        rows += more
+        pairs += more_pairs
+        near_stats.append(nt)
+    _mark_known(rows, expect_fail)
     text = render(rows, max_auc_drop, min_agreement, stress_meta)
     log(text)
     if summary is None and os.environ.get("GITHUB_STEP_SUMMARY"):
