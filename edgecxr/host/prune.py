@@ -379,9 +379,64 @@ def prune_checkpoint(checkpoint: str | Path, out_dir: str | Path, ratio: float, 
     return _prune(Path(checkpoint), Path(out_dir), s, split, force, show_progress, log)
 
 
+def _load_validation(src: _Source, model, size: int) -> None:
+    """The validation images and labels, and the threshold: the checkpoint's, else Youden's on them."""
+    from edgecxr.host import fit
+
+    src.xva = fit.load_cache(src.sm, src.val_items, size)
+    src.yva = np.array([it.label for it in src.val_items])
+    src.threshold = src.meta.get("threshold")
+    if src.threshold is None:
+        from edgecxr.shared.metrics import choose_threshold
+
+        _, p = fit.predict_cache(model, src.xva, src.pp)
+        src.threshold, src.threshold_source = choose_threshold(src.yva, p, "youden"), \
+            "youden on validation (checkpoint had none)"
+
+
+def _prune_step(k: int, model, pruner, src: _Source, s: PruneSettings, size: int, images, arch0: dict[str, Any],
+                orig_width: float, before: dict[str, Any], tmp: Path, show_progress: bool, log):
+    """One pruning step: importance, prune, measure, batch-norm re-estimation, fine-tune.
+    Returns (step record, arch, the fine-tuned checkpoint blob or None, its history rows)."""
+    from edgecxr.host.model import describe_arch
+
+    xtay, ytay, xbn = images
+    pp = src.pp
+    t_step = time.time()
+    if xtay is not None and ytay is not None:
+        _taylor_gradients(model, xtay, ytay, pp, s.batch_size)
+    pruner.step()
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    macs, params = count_macs_params(model, size, pp.channels)
+    srec: dict[str, Any] = {"step": k, "ratio": round(s.ratio * k / s.steps, 6), "params": params,
+                            "macs": macs, "val_auc_pruned": _evaluate(model, src.xva, src.yva, pp,
+                                                                      float(src.threshold))["auc"]}
+    msg = f"val AUC {srec['val_auc_pruned']:.4f}"
+    if xbn is not None:
+        recalibrate_bn(model, xbn, pp)
+        srec["val_auc_bn_recalibrated"] = _evaluate(model, src.xva, src.yva, pp, float(src.threshold))["auc"]
+        msg += f", {srec['val_auc_bn_recalibrated']:.4f} with batch-norm statistics re-estimated"
+    log(f"step {k}/{s.steps}: ratio {srec['ratio']:.3f}, {params:,} parameters, {macs:,} MACs, {msg}")
+    arch = describe_arch(model, float(arch0.get("width_mult", orig_width)), pruned=True, extra={
+        "original_width_mult": orig_width, "prune_ratio": s.ratio, "prune_steps": s.steps,
+        "prune_importance": s.importance, "round_to": s.round_to, "channels": conv_channels(model),
+        "original_params": int(arch0.get("original_params", before["params"])),
+    })
+    blob, rows = None, []
+    if s.finetune_epochs > 0:
+        res, blob = _finetune(model, arch, src, s, k, tmp, orig_width, show_progress, log)
+        srec.update({"val_auc_finetuned": res["metrics"]["auc"], "best_epoch": res["best_epoch"],
+                     "epochs_run": res["epochs_run"]})
+        rows = [{"step": k, "epoch": 0, "step_epoch": int(row["epoch"]),
+                 **{c: float(row[c]) for c in ("train_loss", "val_loss", "val_auc", "val_acc@0.5", "lr", "seconds")}}
+                for row in res["history"]]
+    srec["seconds"] = round(time.time() - t_step, 2)
+    return srec, arch, blob, rows
+
+
 def _prune(checkpoint: Path, out_dir: Path, s: PruneSettings, split, force: bool, show_progress: bool, log):
     from edgecxr.host import fit
-    from edgecxr.host.model import describe_arch
 
     t0 = time.time()
     if out_dir.exists() and not force:
@@ -397,15 +452,7 @@ def _prune(checkpoint: Path, out_dir: Path, s: PruneSettings, split, force: bool
     log(f"pruning {checkpoint} ({arch0.get('width_mult')}x MobileNetV2, {len(plan)} prunable groups) by {s.ratio} "
         f"in {s.steps} step(s), {s.importance} importance, channels rounded to {s.round_to}")
     log(f"data: {len(src.train_items)} train / {len(src.val_items)} val images at {size}px (split {src.split})")
-    src.xva = fit.load_cache(src.sm, src.val_items, size)
-    src.yva = np.array([it.label for it in src.val_items])
-    src.threshold = meta.get("threshold")
-    if src.threshold is None:
-        from edgecxr.shared.metrics import choose_threshold
-
-        _, p = fit.predict_cache(model, src.xva, pp)
-        src.threshold, src.threshold_source = choose_threshold(src.yva, p, "youden"), \
-            "youden on validation (checkpoint had none)"
+    _load_validation(src, model, size)
     before = {**_measure(model, src, src.threshold, checkpoint), "threshold_source": src.threshold_source}
     xtay, ytay, xbn = _importance_and_bn_images(src, s, log)
 
@@ -415,36 +462,10 @@ def _prune(checkpoint: Path, out_dir: Path, s: PruneSettings, split, force: bool
     final_blob: dict[str, Any] | None = None
     with atomic_dir(out_dir, force=force) as tmp:
         for k in range(1, s.steps + 1):
-            t_step = time.time()
-            if xtay is not None and ytay is not None:
-                _taylor_gradients(model, xtay, ytay, pp, s.batch_size)
-            pruner.step()
-            model.zero_grad(set_to_none=True)
-            model.eval()
-            macs, params = count_macs_params(model, size, pp.channels)
-            srec: dict[str, Any] = {"step": k, "ratio": round(s.ratio * k / s.steps, 6), "params": params,
-                                    "macs": macs, "val_auc_pruned": _evaluate(model, src.xva, src.yva, pp,
-                                                                              float(src.threshold))["auc"]}
-            msg = f"val AUC {srec['val_auc_pruned']:.4f}"
-            if xbn is not None:
-                recalibrate_bn(model, xbn, pp)
-                srec["val_auc_bn_recalibrated"] = _evaluate(model, src.xva, src.yva, pp, float(src.threshold))["auc"]
-                msg += f", {srec['val_auc_bn_recalibrated']:.4f} with batch-norm statistics re-estimated"
-            log(f"step {k}/{s.steps}: ratio {srec['ratio']:.3f}, {params:,} parameters, {macs:,} MACs, {msg}")
-            arch = describe_arch(model, float(arch0.get("width_mult", orig_width)), pruned=True, extra={
-                "original_width_mult": orig_width, "prune_ratio": s.ratio, "prune_steps": s.steps,
-                "prune_importance": s.importance, "round_to": s.round_to, "channels": conv_channels(model),
-                "original_params": int(arch0.get("original_params", before["params"])),
-            })
-            if s.finetune_epochs > 0:
-                res, final_blob = _finetune(model, arch, src, s, k, tmp, orig_width, show_progress, log)
-                srec.update({"val_auc_finetuned": res["metrics"]["auc"], "best_epoch": res["best_epoch"],
-                             "epochs_run": res["epochs_run"]})
-                for row in res["history"]:
-                    history.append({"step": k, "epoch": len(history) + 1, "step_epoch": int(row["epoch"]),
-                                    **{c: float(row[c]) for c in ("train_loss", "val_loss", "val_auc",
-                                                                   "val_acc@0.5", "lr", "seconds")}})
-            srec["seconds"] = round(time.time() - t_step, 2)
+            srec, arch, blob, rows = _prune_step(k, model, pruner, src, s, size, (xtay, ytay, xbn), arch0, orig_width,
+                                                 before, tmp, show_progress, log)
+            final_blob = blob if blob is not None else final_blob
+            history += [{**r, "epoch": len(history) + i + 1} for i, r in enumerate(rows)]
             step_log.append(srec)
 
         prune_info = {"source": str(checkpoint), "source_sha256": meta["sha256"], "ratio": s.ratio, "steps": s.steps,
