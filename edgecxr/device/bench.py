@@ -133,6 +133,55 @@ def time_loop(fn: Callable[[], Any], warmup: int, iterations: int, budget_s: flo
     return np.array(out)
 
 
+def _accuracy(subject: Subject, backend, imgs: dict[str, Any], threads: int,
+              reference: str | Path | None) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """Accuracy at the subject's threshold and the comparison with the float reference (the
+    manifest's probabilities, or the fp32 twin ``reference`` run here on the same images)."""
+    from edgecxr.device.backends import infer_all
+
+    x_all = imgs["x"]
+    acc = None
+    shas = [it.sha256 for it in imgs["items"]]
+    logits = infer_all(backend, x_all, (tuple(shas), json.dumps(subject.preprocess.to_dict(), sort_keys=True)))
+    prob = softmax_pos(logits)
+    if not np.all(np.isfinite(prob)):
+        raise EdgeCXRError(f"{subject.name}: the model produced non-finite outputs")
+    y = np.array([it.label for it in imgs["items"]])
+    if len(set(y.tolist())) == 2 and subject.threshold is not None:
+        acc = summarize(y, prob, subject.threshold)
+        acc["ece"] = expected_calibration_error(y, prob)
+    paths = [it.path for it in imgs["items"]]
+    paired = pair_with_reference(subject, shas, y, prob, paths)
+    if reference is not None:
+        from edgecxr.device.paired import check_twins, compare, run_probs
+
+        check_twins(subject.meta["bundle"], reference)
+        p_twin = run_probs(reference, x_all, threads)
+        twin = compare(y, p_twin, prob, subject.threshold if subject.threshold is not None else 0.5, paths)
+        twin["reference_bundle"] = Path(reference).name
+        twin["reference_manifest_sha256"] = sha256_file(Path(reference) / "manifest.json")
+        twin.update({"float_probs": p_twin.round(6).tolist(), "probs": prob.round(6).tolist(), "labels": y.tolist()})
+        if not paired or not paired.get("matched") or paired.get("unmatched"):
+            paired = {**twin, "matched": len(y), "unmatched": 0, "against": "fp32 twin bundle"}
+        else:
+            paired["fp32_twin"] = {k: v for k, v in twin.items() if k not in ("float_probs", "probs", "labels")}
+    return acc, paired
+
+
+def _latency(backend, x_all: np.ndarray, cfg: BenchConfig) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Latency at batch 1 (or ``cfg.batch``) on one fixed real image, and at ``cfg.extra_batch``."""
+    xb = np.repeat(x_all[:1], cfg.batch, axis=0)
+    enc = backend.input_spec.encode(xb)
+    latency = stats(time_loop(lambda: backend.run_raw(enc), cfg.warmup, cfg.iterations, cfg.time_budget_s), cfg.batch)
+    extra = None
+    if cfg.extra_batch and cfg.extra_batch > 1:
+        xe = backend.input_spec.encode(np.resize(x_all, (cfg.extra_batch,) + x_all.shape[1:]))
+        extra = stats(time_loop(lambda: backend.run_raw(xe), max(2, cfg.warmup // 2),
+                                max(10, cfg.iterations // 4), 0.0), cfg.extra_batch)
+        backend.run_raw(enc)  # back to batch 1 shapes
+    return latency, extra
+
+
 def run(subject: Subject, data: str | Path | None = None, cfg: BenchConfig | None = None,
         device: str | None = None, log=print, reference: str | Path | None = None) -> dict[str, Any]:
     """Benchmark one subject; return the result record (not yet stored).
@@ -162,48 +211,10 @@ def run(subject: Subject, data: str | Path | None = None, cfg: BenchConfig | Non
     t = time.perf_counter()
     backend.run_raw(x1)
     first_ms = (time.perf_counter() - t) * 1000
-    record: dict[str, Any] = {}
-    acc: dict[str, Any] | None = None
-    paired: dict[str, Any] | None = None
+    acc = paired = None
     if cfg.accuracy and imgs is not None:
-        from edgecxr.device.backends import infer_all
-
-        shas = [it.sha256 for it in imgs["items"]]
-        logits = infer_all(backend, x_all, (tuple(shas), json.dumps(subject.preprocess.to_dict(), sort_keys=True)))
-        prob = softmax_pos(logits)
-        if not np.all(np.isfinite(prob)):
-            raise EdgeCXRError(f"{subject.name}: the model produced non-finite outputs")
-        y = np.array([it.label for it in imgs["items"]])
-        if len(set(y.tolist())) == 2 and subject.threshold is not None:
-            acc = summarize(y, prob, subject.threshold)
-            acc["ece"] = expected_calibration_error(y, prob)
-        paths = [it.path for it in imgs["items"]]
-        paired = pair_with_reference(subject, shas, y, prob, paths)
-        if reference is not None:
-            from edgecxr.device.paired import check_twins, compare, run_probs
-
-            check_twins(subject.meta["bundle"], reference)
-            p_twin = run_probs(reference, x_all, threads)
-            twin = compare(y, p_twin, prob, subject.threshold if subject.threshold is not None else 0.5, paths)
-            twin["reference_bundle"] = Path(reference).name
-            twin["reference_manifest_sha256"] = sha256_file(Path(reference) / "manifest.json")
-            twin.update({"float_probs": p_twin.round(6).tolist(), "probs": prob.round(6).tolist(), "labels": y.tolist()})
-            if not paired or not paired.get("matched") or paired.get("unmatched"):
-                paired = {**twin, "matched": len(y), "unmatched": 0, "against": "fp32 twin bundle"}
-            else:
-                paired["fp32_twin"] = {k: v for k, v in twin.items() if k not in ("float_probs", "probs", "labels")}
-    # latency, batch 1 (or cfg.batch), on one fixed real image
-    latency = extra = None
-    if cfg.latency:
-        xb = np.repeat(x_all[:1], cfg.batch, axis=0)
-        enc = backend.input_spec.encode(xb)
-        lat = time_loop(lambda: backend.run_raw(enc), cfg.warmup, cfg.iterations, cfg.time_budget_s)
-        latency = stats(lat, cfg.batch)
-    if cfg.latency and cfg.extra_batch and cfg.extra_batch > 1:
-        xe = backend.input_spec.encode(np.resize(x_all, (cfg.extra_batch,) + x_all.shape[1:]))
-        extra = stats(time_loop(lambda: backend.run_raw(xe), max(2, cfg.warmup // 2),
-                                max(10, cfg.iterations // 4), 0.0), cfg.extra_batch)
-        backend.run_raw(enc)  # back to batch 1 shapes
+        acc, paired = _accuracy(subject, backend, imgs, threads, reference)
+    latency, extra = _latency(backend, x_all, cfg) if cfg.latency else (None, None)
     mem = rss_mb()
     info = backend.info().to_dict()
     facts = device_facts()
