@@ -10,7 +10,8 @@ to the fp32 .tflite of the same checkpoint, on the same arrays.
 Reported per variant: mean signed and absolute logit-margin difference (int8 - fp32; a positive
 mean is int8 reading higher), mean |p difference|, flipped calls at the checkpoint's threshold
 (upward / downward), flips among arrays whose fp32 p lies within 0.05 of the threshold, and the
-worst group's agreement. A ``+dropout`` variant keeps the eval-mode Dropout node that the converter
+worst group's agreement. ``NAME@key=N`` sets one integer recipe parameter (for example
+``pt2e-histogram-bc@bias_correction=256``). A ``+dropout`` variant keeps the eval-mode Dropout node that the converter
 now removes (``litert._without_dropout``): the file as exported before that fix.
 
     python benchmarks/quantization/litert_ablation.py models/mnv2-ref.pt --out benchmarks/quantization/litert-ablation
@@ -19,6 +20,7 @@ now removes (``litert._without_dropout``): the file as exported before that fix.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -109,8 +111,13 @@ def main() -> None:
         strip = lt._without_dropout
         if name.endswith("+dropout"):
             lt._without_dropout = lambda m: (m, 0)
+        base, _, over = name.removesuffix("+dropout").partition("@")  # NAME@key=int overrides a parameter
+        recipe = get_recipe("litert", base)
+        if over:
+            k, _, v = over.partition("=")
+            recipe = dataclasses.replace(recipe, name=name, params={**recipe.params, k: int(v)})
         try:
-            conv = convert(model, cfg.size, 3, calib, "int8", d, get_recipe("litert", name.removesuffix("+dropout")))
+            conv = convert(model, cfg.size, 3, calib, "int8", d, recipe)
         finally:
             lt._without_dropout = strip
         secs = time.time() - t
