@@ -375,40 +375,65 @@ class HttpDoor:
                 "queue": self.worker.jobs.qsize() + len(self.spool.pending()),
                 "dicom": self.dicom, "note": NOT_DIAGNOSIS}
 
-    def app(self):
-        from starlette.applications import Starlette
+    def _wrap(self, method: str, fn):
+        """A route handler: counts the call in the metrics and turns every error into one JSON answer."""
         from starlette.requests import Request
-        from starlette.responses import HTMLResponse, RedirectResponse, Response
-        from starlette.routing import Route
+
+        door = self
+
+        async def handler(request: Request):
+            try:
+                r = fn(request)
+                if asyncio.iscoroutine(r):
+                    r = await r
+                if method:
+                    (door.metrics.ok if r.status_code < 400 else door.metrics.fail)(method)
+                return r
+            except HttpError as e:
+                if method:
+                    door.metrics.fail(method)
+                return door._error(e)
+            except Busy as e:
+                door.metrics.rejected_busy.inc()
+                if method:
+                    door.metrics.fail(method)
+                return door._error(HttpError(503, f"the node is busy ({e}); try again", {"Retry-After": "1"}))
+            except Exception as e:  # a bug here: one line in the log and in the answer, the node goes on
+                door.log(f"http: {request.method} {request.url.path[:80]}: {e.__class__.__name__}: {str(e)[:160]}")
+                if method:
+                    door.metrics.fail(method)
+                return door._error(HttpError(500, f"internal error ({e.__class__.__name__})"))
+        return handler
+
+    def _page(self, r):
+        """The browser page, behind the node's token (a ?token= link sets the cookie once)."""
+        from starlette.responses import HTMLResponse, RedirectResponse
 
         from edgecxr.device.serve.page import LOGIN, PAGE
 
         door = self
+        token = r.query_params.get("token")
+        if token is not None and door.token is not None:
+            if hmac.compare_digest(token.encode(), door.token.encode()):
+                resp = RedirectResponse("/", 303)
+                resp.set_cookie(COOKIE, token, httponly=True, samesite="strict",
+                                secure=bool(door.cfg.tls_cert))
+                return resp
+            return HTMLResponse(LOGIN.replace("{{error}}", "That token is not this node's."), 401)
+        if not door._authorised(r):
+            return HTMLResponse(LOGIN.replace("{{error}}", ""), 401)
+        return HTMLResponse(PAGE.replace("{{model}}", json.dumps(door.model.name)),
+                            headers={"Cache-Control": "no-store", "Content-Security-Policy":
+                                     "default-src 'self'; img-src 'self' blob: data:; style-src 'unsafe-inline'; "
+                                     "script-src 'unsafe-inline'; connect-src 'self'"})
 
-        def wrap(method: str, fn):
-            async def handler(request: Request):
-                try:
-                    r = fn(request)
-                    if asyncio.iscoroutine(r):
-                        r = await r
-                    if method:
-                        (door.metrics.ok if r.status_code < 400 else door.metrics.fail)(method)
-                    return r
-                except HttpError as e:
-                    if method:
-                        door.metrics.fail(method)
-                    return door._error(e)
-                except Busy as e:
-                    door.metrics.rejected_busy.inc()
-                    if method:
-                        door.metrics.fail(method)
-                    return door._error(HttpError(503, f"the node is busy ({e}); try again", {"Retry-After": "1"}))
-                except Exception as e:  # a bug here: one line in the log and in the answer, the node goes on
-                    door.log(f"http: {request.method} {request.url.path[:80]}: {e.__class__.__name__}: {str(e)[:160]}")
-                    if method:
-                        door.metrics.fail(method)
-                    return door._error(HttpError(500, f"internal error ({e.__class__.__name__})"))
-            return handler
+    def app(self):
+        from starlette.applications import Starlette
+        from starlette.responses import Response
+        from starlette.routing import Route
+
+        door = self
+        wrap, page = self._wrap, self._page
 
         def live(r):
             return door._json(200, {"live": True})
@@ -433,22 +458,6 @@ class HttpDoor:
             from prometheus_client import CONTENT_TYPE_LATEST
 
             return Response(door.metrics.text(), 200, media_type=CONTENT_TYPE_LATEST)
-
-        def page(r):
-            token = r.query_params.get("token")
-            if token is not None and door.token is not None:
-                if hmac.compare_digest(token.encode(), door.token.encode()):
-                    resp = RedirectResponse("/", 303)
-                    resp.set_cookie(COOKIE, token, httponly=True, samesite="strict",
-                                    secure=bool(door.cfg.tls_cert))
-                    return resp
-                return HTMLResponse(LOGIN.replace("{{error}}", "That token is not this node's."), 401)
-            if not door._authorised(r):
-                return HTMLResponse(LOGIN.replace("{{error}}", ""), 401)
-            return HTMLResponse(PAGE.replace("{{model}}", json.dumps(door.model.name)),
-                                headers={"Cache-Control": "no-store", "Content-Security-Policy":
-                                         "default-src 'self'; img-src 'self' blob: data:; style-src 'unsafe-inline'; "
-                                         "script-src 'unsafe-inline'; connect-src 'self'"})
 
         def readings(r):
             door._need_auth(r)

@@ -216,6 +216,43 @@ class Worker(threading.Thread):
             warnings.simplefilter("ignore")
             return pydicom.dcmread(p, stop_before_pixels=True)
 
+    def _identify(self, p: Path, seq: int, base: dict[str, Any], t0: float, waited_ms: float):
+        """The instance's header and SOP Instance UID, and where its first reading is recorded; None when
+        it was refused (unreadable, no UID) or read before (a re-sent instance: the first reading stands)."""
+        try:
+            hdr = self._header(p)
+            uid = str(hdr.get("SOPInstanceUID", "") or "").strip()
+        except Exception as e:
+            self._refuse(p, base, None, f"unreadable DICOM ({e.__class__.__name__}: {str(e).strip()[:160]})", t0,
+                         waited_ms, failed=True)
+            return None
+        if not uid:
+            self._refuse(p, base, None, "DICOM has no SOP Instance UID", t0, waited_ms, failed=True)
+            return None
+        base["sop_instance_uid"] = uid[:64]
+        with contextlib.suppress(Exception):
+            base["study_instance_uid"] = str(hdr.get("StudyInstanceUID", "") or "")[:64] or None
+        rec_path = self.spool.sources / f"{source_key(uid)}.json"
+        if rec_path.exists():
+            first = json.loads(rec_path.read_text())
+            if int(first.get("seq", -1)) != seq:
+                self._line({**base, "status": "duplicate", "first_seq": first.get("seq"),
+                            "sr_instance_uid": first.get("sr_instance_uid"),
+                            "reason": "this SOP Instance UID was read before; no new SR"})
+            self._finish(p)
+            return None
+        return hdr, uid, rec_path
+
+    def _write_sr(self, seq: int, sr, sr_uid: str) -> None:
+        """The report, durably on disk, then queued for the outbox."""
+        from io import BytesIO
+
+        buf = BytesIO()
+        sr.save_as(buf, enforce_file_format=True)
+        sr_file = self.spool.sr / f"{sr_uid}.dcm"
+        durable_write(sr_file, buf.getvalue())
+        self._queue(seq, sr_file)
+
     def handle(self, p: Path) -> None:
         m = SEQ_RE.match(p.name)
         if not m:
@@ -225,28 +262,10 @@ class Worker(threading.Thread):
         waited_ms = max(0.0, (t0 - p.stat().st_mtime) * 1000.0)
         door = self.spool.door(seq)
         base: dict[str, Any] = {"time": now_iso(), "seq": seq, "door": door}
-        try:
-            hdr = self._header(p)
-            uid = str(hdr.get("SOPInstanceUID", "") or "").strip()
-        except Exception as e:
-            self._refuse(p, base, None, f"unreadable DICOM ({e.__class__.__name__}: {str(e).strip()[:160]})", t0,
-                         waited_ms, failed=True)
+        found = self._identify(p, seq, base, t0, waited_ms)
+        if found is None:
             return
-        if not uid:
-            self._refuse(p, base, None, "DICOM has no SOP Instance UID", t0, waited_ms, failed=True)
-            return
-        base["sop_instance_uid"] = uid[:64]
-        with contextlib.suppress(Exception):
-            base["study_instance_uid"] = str(hdr.get("StudyInstanceUID", "") or "")[:64] or None
-        rec_path = self.spool.sources / f"{source_key(uid)}.json"
-        if rec_path.exists():
-            first = json.loads(rec_path.read_text())
-            if int(first.get("seq", -1)) != seq:  # a re-sent instance: the first reading stands
-                self._line({**base, "status": "duplicate", "first_seq": first.get("seq"),
-                            "sr_instance_uid": first.get("sr_instance_uid"),
-                            "reason": "this SOP Instance UID was read before; no new SR"})
-            self._finish(p)
-            return
+        hdr, uid, rec_path = found
         t1 = time.time()
         try:
             grey = load_grey(p)  # the intake rules of `predict`: header checks, then decoding
@@ -274,13 +293,7 @@ class Worker(threading.Thread):
                                        f"({e.__class__.__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})",
                          t0, waited_ms, reading=r, failed=True)
             return
-        from io import BytesIO
-
-        buf = BytesIO()
-        sr.save_as(buf, enforce_file_format=True)
-        sr_file = self.spool.sr / f"{sr_uid}.dcm"
-        durable_write(sr_file, buf.getvalue())
-        self._queue(seq, sr_file)
+        self._write_sr(seq, sr, sr_uid)
         sc_uid = None
         if self.heatmap:
             try:
