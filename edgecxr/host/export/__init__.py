@@ -108,17 +108,9 @@ def compare(y: np.ndarray, p_float: np.ndarray, p_art: np.ndarray, thr: float) -
             "accuracy_artifact": binary_metrics(y, p_art, thr).accuracy}
 
 
-def export_bundle(checkpoint: str | Path, target: str | Target, precision: str | None = None,
-                  out_root: str | Path = "dist", split: str | Path | None = None, data: str | Path | None = None,
-                  calibration: str | Path | None = "calibration/default", force: bool = False,
-                  name: str | None = None, log=print, archive: bool = True,
-                  eval_set: EvalSet | None = None, quant: str | None = None,
-                  calib_stress: int = 0, sign: str | Path | None = None) -> dict[str, Any]:
-    from edgecxr.host.model import load_checkpoint
-
-    t0 = time.time()
-    tgt = target if isinstance(target, Target) else get_target(target)
-    precision = precision or tgt.precision
+def _preflight(tgt: Target, precision: str, sign, final: Path, force: bool) -> None:
+    """What can be refused before minutes of conversion: the precision, the backend, the signing key,
+    an existing bundle."""
     if precision not in ("fp32", "int8"):
         raise EdgeCXRError(f"unknown precision {precision!r} (fp32 or int8)")
     if precision not in tgt.precisions:
@@ -129,19 +121,14 @@ def export_bundle(checkpoint: str | Path, target: str | Target, precision: str |
         from edgecxr.device.signing import load_private_key
 
         load_private_key(sign)
-    bundle_name = name or f"{tgt.name}-{precision}"
-    final = Path(out_root) / bundle_name
     if final.exists() and not force:
         raise EdgeCXRError("bundle exists; use --force to replace it", final)
 
-    model, meta = load_checkpoint(checkpoint)
-    pp = PreprocessConfig.from_dict(meta["preprocess"])
-    thr = meta.get("threshold")
-    if thr is None:
-        raise EdgeCXRError("checkpoint has no operating threshold (train it to the end, or evaluate it with "
-                           "--threshold youden first)", checkpoint)
-    if pp.size != tgt.input_size:
-        log(f"note: model input is {pp.size}px; profile {tgt.name} suggests {tgt.input_size}px (using {pp.size})")
+
+def _float_reference(model, meta: dict[str, Any], pp: PreprocessConfig, eval_set: EvalSet | None, split, data,
+                     log) -> tuple[EvalSet, np.ndarray]:
+    """The evaluation images (given, or from the split or folder) and the PyTorch model's probabilities
+    on them, computed once per checkpoint and kept in the set's ``float_cache``."""
     if eval_set is None:
         if split is None and data is None:
             split = (meta.get("train") or {}).get("split")
@@ -154,7 +141,54 @@ def export_bundle(checkpoint: str | Path, target: str | Target, precision: str |
     if meta["sha256"] not in cache:
         cache[meta["sha256"]] = softmax_pos(reference_logits(model, meta["sha256"], ev, pp))
     ev.float_cache = cache
-    p_float = cache[meta["sha256"]]
+    return ev, cache[meta["sha256"]]
+
+
+def _manifest(bundle_name: str, tgt: Target, precision: str, res, pp: PreprocessConfig, thr, meta: dict[str, Any],
+              checkpoint, calib_info, model, tmp: Path) -> dict[str, Any]:
+    """The bundle's manifest before its export check: what it is, where it came from, its files."""
+    return {
+        "schema": SCHEMA, "kind": KIND, "name": bundle_name,
+        "target": tgt.name, "backend": tgt.backend, "precision": precision,
+        "target_profile": tgt.to_dict(),
+        "model_file": res.model_file,
+        "input": res.input.to_dict(), "output": {**res.output.to_dict(), "kind": "logits"},
+        "preprocess": {**pp.to_dict(), "intensity": INTENSITY}, "labels": list(LABELS), "positive_label": LABELS[1],
+        "threshold": float(thr), "threshold_rule": meta.get("threshold_rule", "youden"),
+        "source": {"checkpoint": str(checkpoint), "checkpoint_sha256": meta["sha256"], "arch": meta.get("arch")},
+        "calibration": calib_info,
+        "versions": {"edgecxr": __version__, **res.converter, **_torch_versions()},
+        "conversion": res.details,
+        "compute": model_compute(model, pp.channels, pp.size),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "files": file_table(tmp, res.files),
+    }
+
+
+def export_bundle(checkpoint: str | Path, target: str | Target, precision: str | None = None,
+                  out_root: str | Path = "dist", split: str | Path | None = None, data: str | Path | None = None,
+                  calibration: str | Path | None = "calibration/default", force: bool = False,
+                  name: str | None = None, log=print, archive: bool = True,
+                  eval_set: EvalSet | None = None, quant: str | None = None,
+                  calib_stress: int = 0, sign: str | Path | None = None) -> dict[str, Any]:
+    from edgecxr.host.model import load_checkpoint
+
+    t0 = time.time()
+    tgt = target if isinstance(target, Target) else get_target(target)
+    precision = precision or tgt.precision
+    bundle_name = name or f"{tgt.name}-{precision}"
+    final = Path(out_root) / bundle_name
+    _preflight(tgt, precision, sign, final, force)
+
+    model, meta = load_checkpoint(checkpoint)
+    pp = PreprocessConfig.from_dict(meta["preprocess"])
+    thr = meta.get("threshold")
+    if thr is None:
+        raise EdgeCXRError("checkpoint has no operating threshold (train it to the end, or evaluate it with "
+                           "--threshold youden first)", checkpoint)
+    if pp.size != tgt.input_size:
+        log(f"note: model input is {pp.size}px; profile {tgt.name} suggests {tgt.input_size}px (using {pp.size})")
+    ev, p_float = _float_reference(model, meta, pp, eval_set, split, data, log)
     float_metrics = summarize(ev.labels, p_float, thr)
 
     calib_info = calib_x = recipe = None
@@ -167,22 +201,7 @@ def export_bundle(checkpoint: str | Path, target: str | Target, precision: str |
     conv = importlib.import_module(CONVERTERS[tgt.backend])
     with atomic_dir(final, force=True) as tmp:
         res, convert_s = run_converter(conv, tgt, model, pp, calib_x, precision, tmp, recipe, checkpoint, log)
-        manifest: dict[str, Any] = {
-            "schema": SCHEMA, "kind": KIND, "name": bundle_name,
-            "target": tgt.name, "backend": tgt.backend, "precision": precision,
-            "target_profile": tgt.to_dict(),
-            "model_file": res.model_file,
-            "input": res.input.to_dict(), "output": {**res.output.to_dict(), "kind": "logits"},
-            "preprocess": {**pp.to_dict(), "intensity": INTENSITY}, "labels": list(LABELS), "positive_label": LABELS[1],
-            "threshold": float(thr), "threshold_rule": meta.get("threshold_rule", "youden"),
-            "source": {"checkpoint": str(checkpoint), "checkpoint_sha256": meta["sha256"], "arch": meta.get("arch")},
-            "calibration": calib_info,
-            "versions": {"edgecxr": __version__, **res.converter, **_torch_versions()},
-            "conversion": res.details,
-            "compute": model_compute(model, pp.channels, pp.size),
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "files": file_table(tmp, res.files),
-        }
+        manifest = _manifest(bundle_name, tgt, precision, res, pp, thr, meta, checkpoint, calib_info, model, tmp)
         write_manifest(tmp, manifest)
         p_art, backend = artifact_probabilities(tmp, final, tgt, ev, pp)
         check = compare(ev.labels, p_float, p_art, float(thr))
@@ -191,8 +210,8 @@ def export_bundle(checkpoint: str | Path, target: str | Target, precision: str |
         manifest["reference"] = {
             "source": ev.source, "data": ev.hint, "n": int(len(ev.labels)), "model": "PyTorch fp32 (source checkpoint)",
             "float_metrics": float_metrics,
-            "images": {s: {"label": int(lab), "prob": float(p), "path": pth}
-                       for s, lab, p, pth in zip(ev.shas, ev.labels, p_float, ev.paths, strict=True)},
+            "images": {sha: {"label": int(lab), "prob": float(p), "path": pth}
+                       for sha, lab, p, pth in zip(ev.shas, ev.labels, p_float, ev.paths, strict=True)},
         }
         manifest["export_seconds"] = {"convert": round(convert_s, 2), "total": round(time.time() - t0, 2)}
         write_manifest(tmp, manifest)
