@@ -46,11 +46,11 @@ def _need_extra() -> None:
             raise EdgeCXRError(f"serve needs the serve extra (pip install 'edgecxr[serve]'): {e}") from None
 
 
-def serve(cfg: ServeConfig, log: Callable[[str], None] = _stderr, ready: Callable[[], None] | None = None) -> int:
-    _need_extra()
+def _assemble(cfg: ServeConfig, log: Callable[[str], None]):
+    """The node's parts, not yet started: model and its trust, spool, outbox (with a PACS), metrics,
+    worker, HTTP door (with --http). Returns them and the DICOM door's description."""
     from edgecxr.device.serve.metrics import Metrics
     from edgecxr.device.serve.outbox import Outbox
-    from edgecxr.device.serve.receiver import make_ae, transfer_syntaxes
     from edgecxr.device.serve.spool import Spool
     from edgecxr.device.serve.worker import Worker
     from edgecxr.shared.intake import configure
@@ -80,6 +80,28 @@ def serve(cfg: ServeConfig, log: Callable[[str], None] = _stderr, ready: Callabl
         from edgecxr.device.serve.http import HttpDoor
 
         door = HttpDoor(cfg, model, trust, worker, spool, metrics, log, dicom)
+    return model, trust, spool, outbox, worker, door, metrics
+
+
+def _listening(cfg: ServeConfig, server, door, model, trust, spool, worker) -> str:
+    from edgecxr.device.serve.receiver import transfer_syntaxes
+
+    n_ts = len(transfer_syntaxes())
+    doors = ([f"DICOM on {cfg.host}:{cfg.dicom_port} as {cfg.ae_title} ({n_ts} transfer syntaxes)"] if server else []) \
+        + ([f"HTTP on {door.url} (OIP /v2, STOW-RS /dicomweb/studies, /metrics, the page at /"
+            f"{'; bearer token required' if door.token else ''})"] if door else [])
+    return (f"listening: {'; '.join(doors)}; bundle "
+            f"{model.name} {trust.digest[:19]}... ({trust.describe() if trust.signer else 'UNSIGNED, --allow-unsigned'}); "
+            f"spool {cfg.spool} ({len(spool.pending())} waiting); results {worker.results}; "
+            f"PACS {cfg.pacs or 'none (reports stay in the spool)'}"
+            + (f"; calling AE titles allowed: {', '.join(cfg.allow_ae)}" if cfg.allow_ae else ""))
+
+
+def serve(cfg: ServeConfig, log: Callable[[str], None] = _stderr, ready: Callable[[], None] | None = None) -> int:
+    _need_extra()
+    from edgecxr.device.serve.receiver import make_ae
+
+    model, trust, spool, outbox, worker, door, metrics = _assemble(cfg, log)
     stop = threading.Event()
 
     def on_signal(signum, frame):  # noqa: ARG001
@@ -104,15 +126,7 @@ def serve(cfg: ServeConfig, log: Callable[[str], None] = _stderr, ready: Callabl
                 if server:
                     server.shutdown()
                 raise
-        n_ts = len(transfer_syntaxes())
-        doors = ([f"DICOM on {cfg.host}:{cfg.dicom_port} as {cfg.ae_title} ({n_ts} transfer syntaxes)"] if server else []) \
-            + ([f"HTTP on {door.url} (OIP /v2, STOW-RS /dicomweb/studies, /metrics, the page at /"
-                f"{'; bearer token required' if door.token else ''})"] if door else [])
-        log(f"listening: {'; '.join(doors)}; bundle "
-            f"{model.name} {trust.digest[:19]}... ({trust.describe() if trust.signer else 'UNSIGNED, --allow-unsigned'}); "
-            f"spool {cfg.spool} ({len(spool.pending())} waiting); results {worker.results}; "
-            f"PACS {cfg.pacs or 'none (reports stay in the spool)'}"
-            + (f"; calling AE titles allowed: {', '.join(cfg.allow_ae)}" if cfg.allow_ae else ""))
+        log(_listening(cfg, server, door, model, trust, spool, worker))
         if ready:
             ready()
         while not stop.wait(0.5):
