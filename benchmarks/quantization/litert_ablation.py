@@ -32,6 +32,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 VARIANTS = ("pt2e-histogram+dropout", "pt2e-histogram", "pt2e-histogram-bc", "pt2e-minmax", "pt2e-minmax-bc")
 
@@ -48,32 +49,16 @@ def main() -> None:
     a = ap.parse_args()
 
     from ai_edge_litert.interpreter import Interpreter
+    from selection import selection_set
 
-    from edgecxr.host.calibrate import load_calibration_set
     from edgecxr.host.export.litert import convert
     from edgecxr.host.export.recipes import get_recipe
-    from edgecxr.host.model import load_checkpoint
-    from edgecxr.shared import stress
-    from edgecxr.shared.data import scan
-    from edgecxr.shared.imageio import load_grey
-    from edgecxr.shared.preprocess import PreprocessConfig, preprocess_grey
 
     a.out.mkdir(parents=True, exist_ok=True)
-    model, meta = load_checkpoint(a.checkpoint)
-    cfg = PreprocessConfig.from_dict(meta["preprocess"])
-    thr = float(meta.get("threshold") or 0.5)
-    calib = [preprocess_grey(g, cfg) for g in load_calibration_set(a.calibration).greys]
-    ds = scan(a.data)
-    ci = {it.path for it in stress.select(ds.items, 100, 0)}
-    sel = stress.select([it for it in ds.items if it.path not in ci], a.images, a.seed)
-    greys = [load_grey(Path(ds.root) / it.path) for it in sel]
-    xs, groups = [preprocess_grey(g, cfg) for g in greys], ["clean"] * len(greys)
-    for c, _s, _i, g in stress.stress_arrays(greys, [it.sha256 for it in sel], seed=a.seed):
-        xs.append(preprocess_grey(stress._to_u8(g).astype(np.float32) / 255.0, cfg))  # as the PNG on disk
-        groups.append(c)
-    x = np.ascontiguousarray(np.transpose(np.stack(xs).astype(np.float32), (0, 2, 3, 1)))
-    grp = np.array(groups)
-    print(f"{a.checkpoint}: selection {len(sel)} images (none of CI's {len(ci)}), seed {a.seed}, {len(x)} arrays, "
+    sel = selection_set(a.checkpoint, a.data, a.calibration, a.images, a.seed)
+    model, cfg_size, thr, calib, grp = sel.model, sel.size, sel.threshold, sel.calib, sel.groups
+    x = np.ascontiguousarray(np.transpose(sel.x, (0, 2, 3, 1)))
+    print(f"{a.checkpoint}: selection {sel.images} images (none of CI's {sel.ci_images}), seed {a.seed}, {len(x)} arrays, "
           f"threshold {thr:.3f}", flush=True)
 
     def margins(path: Path) -> np.ndarray:
@@ -97,7 +82,7 @@ def main() -> None:
         return lg[:, 1] - lg[:, 0]
 
     work = Path(tempfile.mkdtemp(prefix="litert-ablation-", dir=a.out))
-    convert(model, cfg.size, 3, None, "fp32", work)
+    convert(model, cfg_size, 3, None, "fp32", work)
     ref = margins(work / "model.tflite")
     pref = 1 / (1 + np.exp(-ref))
     near = np.abs(pref - thr) <= 0.05
@@ -117,7 +102,7 @@ def main() -> None:
             k, _, v = over.partition("=")
             recipe = dataclasses.replace(recipe, name=name, params={**recipe.params, k: int(v)})
         try:
-            conv = convert(model, cfg.size, 3, calib, "int8", d, recipe)
+            conv = convert(model, cfg_size, 3, calib, "int8", d, recipe)
         finally:
             lt._without_dropout = strip
         secs = time.time() - t
@@ -138,7 +123,7 @@ def main() -> None:
         return r
 
     rows = [score(v) for v in a.variants.split(",") if v]
-    res = {"checkpoint": str(a.checkpoint), "threshold": thr, "images": len(sel), "seed": a.seed, "arrays": len(x),
+    res = {"checkpoint": str(a.checkpoint), "threshold": thr, "images": sel.images, "seed": a.seed, "arrays": len(x),
            "groups": {g: int((grp == g).sum()) for g in np.unique(grp)}, "variants": rows}
     dst = a.out / f"{a.checkpoint.stem}-seed{a.seed}.json"
     dst.write_text(json.dumps(res, indent=1))

@@ -29,6 +29,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 VARIANTS = {  # name -> recipe params beyond {"calibrate_method": "minmax", "reduce_range": True}
     "minmax-rr": {},
@@ -66,32 +67,16 @@ def main() -> None:
 
     import onnx
     import onnxruntime as ort
+    from selection import selection_set
 
-    from edgecxr.host.calibrate import load_calibration_set
     from edgecxr.host.export.onnx import convert
     from edgecxr.host.export.recipes import Recipe
-    from edgecxr.host.model import load_checkpoint
-    from edgecxr.shared import stress
-    from edgecxr.shared.data import scan
-    from edgecxr.shared.imageio import load_grey
-    from edgecxr.shared.preprocess import PreprocessConfig, preprocess_grey
 
     a.out.mkdir(parents=True, exist_ok=True)
-    model, meta = load_checkpoint(a.checkpoint)
-    cfg = PreprocessConfig.from_dict(meta["preprocess"])
-    thr = float(meta.get("threshold") or 0.5)
-    calib = [preprocess_grey(g, cfg) for g in load_calibration_set(a.calibration).greys]
-    ds = scan(a.data)
-    ci = {it.path for it in stress.select(ds.items, 100, 0)}
-    sel = stress.select([it for it in ds.items if it.path not in ci], a.images, a.seed)
-    greys = [load_grey(Path(ds.root) / it.path) for it in sel]
-    xs, groups = [preprocess_grey(g, cfg) for g in greys], ["clean"] * len(greys)
-    for c, _s, _i, g in stress.stress_arrays(greys, [it.sha256 for it in sel], seed=a.seed):
-        xs.append(preprocess_grey(stress._to_u8(g).astype(np.float32) / 255.0, cfg))  # as the PNG on disk
-        groups.append(c)
-    x = np.stack(xs).astype(np.float32)
-    grp = np.array(groups)
-    print(f"{a.checkpoint}: selection {len(sel)} images (none of CI's {len(ci)}), seed {a.seed}, {len(x)} arrays, "
+    sel = selection_set(a.checkpoint, a.data, a.calibration, a.images, a.seed)
+    model, cfg_size, thr, calib, grp = sel.model, sel.size, sel.threshold, sel.calib, sel.groups
+    x = sel.x
+    print(f"{a.checkpoint}: selection {sel.images} images (none of CI's {sel.ci_images}), seed {a.seed}, {len(x)} arrays, "
           f"threshold {thr:.3f}", flush=True)
 
     so = ort.SessionOptions()
@@ -104,7 +89,7 @@ def main() -> None:
         return lg[:, 1] - lg[:, 0]
 
     work = Path(tempfile.mkdtemp(prefix="ort-ablation-", dir=a.out))
-    convert(model, cfg.size, 3, None, "fp32", work)
+    convert(model, cfg_size, 3, None, "fp32", work)
     ref = margins(work / "model.onnx")
     pref = 1 / (1 + np.exp(-ref))
     nodes = [n.name for n in onnx.load(str(work / "model.onnx")).graph.node if n.op_type in ("Conv", "Gemm", "Add")]
@@ -114,7 +99,7 @@ def main() -> None:
         p = {"calibrate_method": "minmax", "reduce_range": True, **params}
         d = work / "q"
         d.mkdir(exist_ok=True)
-        conv = convert(model, cfg.size, 3, calib, "int8", d, Recipe(name, "onnxruntime", name, p))
+        conv = convert(model, cfg_size, 3, calib, "int8", d, Recipe(name, "onnxruntime", name, p))
         m = margins(d / "model.onnx")
         pi = 1 / (1 + np.exp(-m))
         flip = (pi >= thr) != (pref >= thr)
@@ -130,7 +115,7 @@ def main() -> None:
 
     rows = [score(v, VARIANTS[v]) for v in a.variants.split(",") if v]
     sens = [score(f"float:{n}", {"float_nodes": [n]}) for n in nodes[:a.sensitivity]]
-    res = {"checkpoint": str(a.checkpoint), "threshold": thr, "images": len(sel), "seed": a.seed, "arrays": len(x),
+    res = {"checkpoint": str(a.checkpoint), "threshold": thr, "images": sel.images, "seed": a.seed, "arrays": len(x),
            "groups": {g: int((grp == g).sum()) for g in np.unique(grp)}, "variants": rows, "sensitivity": sens}
     dst = a.out / f"{a.checkpoint.stem}-seed{a.seed}.json"
     dst.write_text(json.dumps(res, indent=1))
