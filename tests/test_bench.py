@@ -51,6 +51,26 @@ def test_bench_every_backend(bundles, tmp_path):
         assert folder not in text
 
 
+def test_backend_options_go_to_the_runtime_that_reads_them(bundles, tmp_path):
+    """``--option KEY=VALUE`` is checked against the runtimes' own option keys: each subject gets the
+    keys its runtime reads (LiteRT without XNNPACK really runs without it; OpenVINO gets its
+    precision hint), and a key no subject's runtime reads stops the command with one line."""
+    results = tmp_path / "results"
+    args = [str(bundles["rpi-int8"]), str(bundles["nuc-int8"])]
+    p = run_cli("bench", *args, "--data", MINI, "--results", results, "--device", "opt-box", "--iterations", "3",
+                "--warmup", "1", "--option", "use_xnnpack=false", "--option", "inference_precision=f32")
+    assert p.returncode == 0, p.stderr
+    recs = {r["subject"]["backend"]: r for r in read_results(results)}
+    assert recs["litert"]["config"]["options"] == {"use_xnnpack": False}
+    assert "XNNPACK" not in recs["litert"]["runtime"]["device"], recs["litert"]["runtime"]
+    assert recs["openvino"]["config"]["options"] == {"inference_precision": "f32"}
+    assert recs["openvino"]["runtime"]["precision"] == "f32"
+    p = run_cli("bench", *args, "--data", MINI, "--results", tmp_path / "r2", "--option", "providers_typo=1")
+    assert_clean_error(p, "--option providers_typo", "litert: use_xnnpack")
+    assert not (tmp_path / "r2").exists()
+    assert_clean_error(run_cli("bench", *args, "--option", "novalue"), "bad --option 'novalue'")
+
+
 def test_pairing_is_by_sha256_not_order(bundles, tmp_path):
     """Images in another folder layout and order still pair with the float reference."""
     shuffled = tmp_path / "eval"

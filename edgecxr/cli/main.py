@@ -14,6 +14,7 @@ import typer
 
 from edgecxr.host.export import recipes as _recipes
 from edgecxr.host.train_config import default as _td
+from edgecxr.shared import runtimes as _runtimes
 from edgecxr.shared.errors import EdgeCXRError
 
 app = typer.Typer(
@@ -412,7 +413,9 @@ def bench(
     extra_batch: Annotated[int, typer.Option(help="Also time this larger batch (throughput)")] = 0,
     threads: Annotated[int | None, typer.Option(help="Threads (default: the profile's, capped at the cores here)")] = None,
     max_images: Annotated[int, typer.Option(help="Use at most this many evaluation images (0 = all)")] = 0,
-    ov_precision: Annotated[str | None, typer.Option(help="OpenVINO inference precision hint: f32 | bf16 | f16")] = None,
+    option: Annotated[list[str] | None, typer.Option("--option", help="Backend option KEY=VALUE, repeatable; each subject gets the keys its runtime reads "
+                                                    "(" + _runtimes.options_help() + ")")] = None,
+    ov_precision: Annotated[str | None, typer.Option(help="OpenVINO inference precision hint: f32 | bf16 | f16 (same as --option inference_precision=...)")] = None,
     torch_checkpoint: Annotated[Path | None, typer.Option("--torch", help="Also bench this checkpoint in PyTorch fp32 (host only)")] = None,
     baseline: Annotated[str | None, typer.Option(help="Also time an untrained heavy baseline: densenet121 (host only)")] = None,
     no_store: Annotated[bool, typer.Option(help="Print only; do not append to the results file")] = False,
@@ -433,7 +436,9 @@ def bench(
     from edgecxr.device.bench import BenchConfig, run, store, subject_from_bundle
 
     _intake(max_pixels, force_anatomy)
-    opts = {}
+    from edgecxr.shared.runtimes import check_options, options_for, parse_options
+
+    opts = parse_options(option)
     if ov_precision:
         opts["inference_precision"] = ov_precision
     subjects = [subject_from_bundle(b) for b in bundles or []]  # verify all before running any
@@ -448,11 +453,13 @@ def bench(
         subjects.append(subject_baseline(baseline, size))
     if not subjects:
         raise EdgeCXRError("nothing to bench: give bundle folders (or --torch / --baseline)")
+    check_options(opts, [s.backend for s in subjects])
     typer.echo(f"{'bundle':<28} {'size MB':>8} {'p50 ms':>8} {'p90 ms':>8} {'img/s':>7} {'AUC':>7} {'drop':>8} {'agree':>6}  runtime")
     for s in subjects:
         cfg = BenchConfig(warmup=warmup, iterations=iterations, time_budget_s=time_budget, batch=batch,
                           extra_batch=extra_batch, threads=threads, max_images=max_images,
-                          accuracy=not s.name.startswith("baseline-"), options=opts, floor=floor)
+                          accuracy=not s.name.startswith("baseline-"), options=options_for(s.backend, opts),
+                          floor=floor)
         twin = reference if reference is not None and s.meta.get("bundle") and s.precision != "fp32" else None
         rec = run(s, data, cfg, device, log=info, reference=twin)
         path = None if no_store else store(rec, results)

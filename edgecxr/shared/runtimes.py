@@ -49,3 +49,40 @@ def get_runtime(name: str, where: object = None) -> Runtime:
 
 def exportable() -> list[str]:
     return [n for n, r in RUNTIMES.items() if r.converter]
+
+
+def options_help() -> str:
+    """Each runtime's option keys, for ``--option``'s help."""
+    return "; ".join(f"{n}: {', '.join(r.options)}" for n, r in RUNTIMES.items() if r.options)
+
+
+def parse_options(pairs: list[str] | None) -> dict:
+    """``--option KEY=VALUE`` pairs: VALUE is read as JSON where it parses (``false``, ``4``,
+    ``["CPU"]``), else kept as text (``bf16``)."""
+    import json
+
+    out: dict = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise EdgeCXRError(f"bad --option {pair!r}: use KEY=VALUE")
+        try:
+            out[key.strip()] = json.loads(value)
+        except ValueError:
+            out[key.strip()] = value
+    return out
+
+
+def check_options(options: dict, backends: list[str]) -> None:
+    """Every key must be one that at least one of ``backends`` reads (the profile options of its
+    runtime); a subject then gets only the keys its own runtime reads (``options_for``)."""
+    readers = {b: get_runtime(b).options for b in dict.fromkeys(backends)}
+    for key in options:
+        if not any(key in keys for keys in readers.values()):
+            known = "; ".join(f"{b}: {', '.join(keys) or 'none'}" for b, keys in readers.items())
+            raise EdgeCXRError(f"--option {key}: no runtime of these subjects reads it ({known})")
+
+
+def options_for(backend: str, options: dict) -> dict:
+    keys = get_runtime(backend).options
+    return {k: v for k, v in options.items() if k in keys}
