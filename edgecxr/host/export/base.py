@@ -24,6 +24,14 @@ class Converted:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+def spread(items: list, n: int) -> list:
+    """``n`` items (all when fewer) evenly spaced over ``items``, first and last included, so a
+    calibration set sorted by class gives both classes (the images bias correction is fitted on)."""
+    import numpy as np
+
+    return [items[int(j)] for j in np.linspace(0, len(items) - 1, min(len(items), n))]
+
+
 @contextlib.contextmanager
 def converter_output() -> Iterator[Path | None]:
     """Send everything a converter prints to a log file instead of the terminal; yield its path.

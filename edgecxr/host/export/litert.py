@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from edgecxr.device.bundle import IOSpec
-from edgecxr.host.export.base import Converted
+from edgecxr.host.export.base import Converted, spread
 from edgecxr.host.export.recipes import Recipe, get_recipe
 
 
@@ -92,8 +92,7 @@ def _bias_correction(converted, calib: list[np.ndarray] | None, recipe: Recipe) 
         return None
     from edgecxr.host.export.pt2e_bias import correct_biases
 
-    pick = np.linspace(0, len(calib) - 1, min(len(calib), n)).astype(int)
-    return correct_biases(converted, [calib[int(j)] for j in pick])
+    return correct_biases(converted, spread(calib, n))
 
 
 def _without_dropout(model: torch.nn.Module) -> tuple[torch.nn.Module, int]:
@@ -125,11 +124,10 @@ def convert(model: torch.nn.Module, size: int, channels: int, calib: list[np.nda
 
     model = model.eval()
     nchw = (torch.zeros(1, channels, size, size),)
-    nhwc_model = litert_torch.to_channel_last_io(model, args=[0]).eval()
     sample = (torch.zeros(1, size, size, channels),)
     with _quiet():
         if precision == "fp32":
-            edge = litert_torch.convert(nhwc_model, sample)
+            edge = litert_torch.convert(litert_torch.to_channel_last_io(model, args=[0]).eval(), sample)
             details = {"quantization": None}
         else:
             from litert_torch.quantize.quant_config import QuantConfig

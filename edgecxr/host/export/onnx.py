@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from edgecxr.device.bundle import IOSpec
-from edgecxr.host.export.base import Converted
+from edgecxr.host.export.base import Converted, spread
 from edgecxr.host.export.recipes import Recipe, get_recipe
 
 
@@ -118,9 +118,7 @@ def _quantize(fp32: Path, calib: list[np.ndarray], out_dir: Path, recipe: Recipe
         from edgecxr.host.export.qdq_bias import correct_biases
 
         q = onnx.load(str(out_dir / "model.onnx"))
-        # evenly spaced over the set, so both classes are in it
-        bc_images = [calib[int(j)] for j in np.linspace(0, len(calib) - 1, min(len(calib), int(rp["bias_correction"])))]
-        details["bias_correction"] = correct_biases(q, pre_model, bc_images)
+        details["bias_correction"] = correct_biases(q, pre_model, spread(calib, int(rp["bias_correction"])))
         onnx.save(q, str(out_dir / "model.onnx"))
     fp32.unlink()
     pre.unlink()

@@ -16,9 +16,9 @@ difference, after the layers before it were corrected.
 
 The float graph is the same graph with every quantize/dequantize node passed through, so the two
 match node for node (batch norm is already folded into the convolutions by ``prepare_pt2e``).
-Correction is sequential in one pass: the quantized graph runs node by node on the whole batch;
-at each corrected layer its output is shifted by the difference (which is what a new bias gives)
-before the later nodes read it. So the result equals re-running the whole graph once per layer,
+Correction is sequential in one pass: the exported graph is specialised to batch 1, so one
+interpreter per image runs it node by node, all in lockstep; at each corrected layer every image's
+output is shifted by the difference (which is what a new bias gives) before any later node reads it. So the result equals re-running the whole graph once per layer,
 for the cost of one float and one quantized pass.
 """
 
@@ -31,10 +31,6 @@ import numpy as np
 import torch
 
 _LAYERS = ("aten.conv2d.default", "aten.linear.default")
-
-
-def _is_qdq(node: torch.fx.Node) -> bool:
-    return node.op == "call_function" and str(node.target).startswith("quantized_decomposed.")
 
 
 def _bias_node(node: torch.fx.Node) -> torch.fx.Node | None:
