@@ -222,34 +222,40 @@ def test_streamed_asymmetric_percentile_ranges_match_onnx_runtime():
     assert any(ours[k].range_value[0] != -ours[k].range_value[1] for k in ours.keys())  # not the |x| form
 
 
-def test_bias_correction_removes_the_mean_shift_of_the_logits(tmp_path):
-    """On the images it was fitted on, the corrected int8 graph has (almost) the fp32 model's mean logits;
-    the same recipe without the correction does not."""
-    import onnxruntime as ort
-
+@pytest.mark.parametrize("target,raw_recipe,bc_recipe,layers", [
+    ("jetson", "minmax-rr", "minmax-rr-bc", None),
+    ("rpi", "pt2e-histogram", "pt2e-histogram-bc", 53),  # LiteRT: 52 convolutions and the classifier
+])
+def test_bias_correction_removes_the_mean_shift_of_the_logits(target, raw_recipe, bc_recipe, layers, tmp_path):
+    """On the images it was fitted on, the corrected int8 file (run by its own runtime) has (almost) the
+    fp32 model's mean logits; the same recipe without the correction does not."""
+    from edgecxr.device.backends import infer_all, open_backend
+    from edgecxr.device.bundle import verify
     from edgecxr.host.calibrate import load_calibration_set
     from edgecxr.host.model import read_checkpoint
     from edgecxr.shared.preprocess import PreprocessConfig, preprocess_grey
 
-    for q in ("minmax-rr", "minmax-rr-bc"):
-        p = run_cli("export", TINY, "--target", "jetson", "--precision", "int8", "--quant", q, "--data", MINI,
+    for q in (raw_recipe, bc_recipe):
+        p = run_cli("export", TINY, "--target", target, "--precision", "int8", "--quant", q, "--data", MINI,
                     "--calibration", CALIB, "--out", tmp_path / q)
         assert p.returncode == 0, p.stderr
-    p = run_cli("export", TINY, "--target", "jetson", "--precision", "fp32", "--data", MINI,
+    p = run_cli("export", TINY, "--target", target, "--precision", "fp32", "--data", MINI,
                 "--calibration", CALIB, "--out", tmp_path / "fp32")
     assert p.returncode == 0, p.stderr
     pp = PreprocessConfig.from_dict(read_checkpoint(TINY)["preprocess"])
     x = np.stack([preprocess_grey(g, pp) for g in load_calibration_set(CALIB).greys])
 
     def mean_logits(folder: Path) -> np.ndarray:
-        s = ort.InferenceSession(str(next(folder.glob("*/model.onnx"))), providers=["CPUExecutionProvider"])
-        return s.run(None, {"input": x})[0].mean(axis=0)
+        b = verify(next(folder.glob("*/manifest.json")).parent)
+        return infer_all(open_backend(b, threads=2), x).mean(axis=0)
 
     ref = mean_logits(tmp_path / "fp32")
-    raw = np.abs(mean_logits(tmp_path / "minmax-rr") - ref).max()
-    fixed = np.abs(mean_logits(tmp_path / "minmax-rr-bc") - ref).max()
-    m = json.loads(next((tmp_path / "minmax-rr-bc").glob("*/manifest.json")).read_text())
-    assert m["conversion"]["bias_correction"]["images"] == 32
+    raw = np.abs(mean_logits(tmp_path / raw_recipe) - ref).max()
+    fixed = np.abs(mean_logits(tmp_path / bc_recipe) - ref).max()
+    bc = json.loads(next((tmp_path / bc_recipe).glob("*/manifest.json")).read_text())["conversion"]["bias_correction"]
+    assert bc["images"] == 32
+    if layers is not None:
+        assert bc["layers"] == layers, bc
     assert fixed < 0.5 * raw, (fixed, raw)
 
 

@@ -34,22 +34,18 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from selection import add_arguments, selection_set  # noqa: E402
+
 VARIANTS = ("pt2e-histogram+dropout", "pt2e-histogram", "pt2e-histogram-bc", "pt2e-minmax", "pt2e-minmax-bc")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("checkpoint", type=Path)
-    ap.add_argument("--data", type=Path, default=ROOT / "data" / "kermany224-val")
-    ap.add_argument("--calibration", type=Path, default=ROOT / "calibration" / "kermany224")
-    ap.add_argument("--images", type=int, default=60)
-    ap.add_argument("--seed", type=int, default=1, help="selection and corruption seed (CI uses 0)")
+    add_arguments(ap, "litert-ablation")
     ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "litert-ablation")
     a = ap.parse_args()
 
     from ai_edge_litert.interpreter import Interpreter
-    from selection import selection_set
 
     from edgecxr.host.export.litert import convert
     from edgecxr.host.export.recipes import get_recipe

@@ -31,6 +31,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from selection import add_arguments, selection_set  # noqa: E402
+
 VARIANTS = {  # name -> recipe params beyond {"calibrate_method": "minmax", "reduce_range": True}
     "minmax-rr": {},
     "minmax-rr-bc": {"bias_correction": 64},
@@ -55,19 +57,13 @@ VARIANTS = {  # name -> recipe params beyond {"calibrate_method": "minmax", "red
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("checkpoint", type=Path)
-    ap.add_argument("--data", type=Path, default=ROOT / "data" / "kermany224-val")
-    ap.add_argument("--calibration", type=Path, default=ROOT / "calibration" / "kermany224")
-    ap.add_argument("--images", type=int, default=60)
-    ap.add_argument("--seed", type=int, default=1, help="selection and corruption seed (CI uses 0)")
+    add_arguments(ap, "ort-ablation")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--sensitivity", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "ort-ablation")
     a = ap.parse_args()
 
     import onnx
     import onnxruntime as ort
-    from selection import selection_set
 
     from edgecxr.host.export.onnx import convert
     from edgecxr.host.export.recipes import Recipe

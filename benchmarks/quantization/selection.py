@@ -28,6 +28,17 @@ class Selection:
     ci_images: int
 
 
+def add_arguments(ap, out: Path) -> None:
+    """The checkpoint and the selection set's options, shared by the ablations."""
+    root = Path(__file__).resolve().parents[2]
+    ap.add_argument("checkpoint", type=Path)
+    ap.add_argument("--data", type=Path, default=root / "data" / "kermany224-val")
+    ap.add_argument("--calibration", type=Path, default=root / "calibration" / "kermany224")
+    ap.add_argument("--images", type=int, default=60)
+    ap.add_argument("--seed", type=int, default=1, help="selection and corruption seed (CI uses 0)")
+    ap.add_argument("--out", type=Path, default=root / "runs" / out)
+
+
 def selection_set(checkpoint: Path, data: Path, calibration: Path, images: int, seed: int) -> Selection:
     from edgecxr.host.calibrate import load_calibration_set
     from edgecxr.host.model import load_checkpoint
